@@ -1,0 +1,98 @@
+"""Per-model request rules of the hosted API (spec §1.1): image counts, ``n``, and ``size``.
+
+Torch-free: the HTTP layer applies these before anything reaches the engine.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from qwen_image_server.errors import InvalidParameter
+
+SizeRule = Literal["sides", "area", "fixed", "auto"]
+Size = tuple[int, int]
+
+_SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*\*\s*(\d{1,5})\s*$")
+EDIT_TARGET_PIXELS = 1024 * 1024
+FIXED_T2I_SIZES: tuple[Size, ...] = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664))
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    """What one API model name accepts. ``size_rule`` ``auto`` means the size is not customisable."""
+
+    min_images: int
+    max_images: int
+    n_max: int
+    size_rule: SizeRule
+    text_to_image_size: Size | None
+    prompt_extend: bool
+    prompt_token_limit: int
+    side_range: tuple[int, int] = (512, 2048)
+    area_range: tuple[int, int] = (512 * 512, 2048 * 2048)
+
+    def check_image_count(self, count: int) -> None:
+        if not self.min_images <= count <= self.max_images:
+            if self.max_images == 0:
+                raise InvalidParameter("This model generates from text only; remove the image items.")
+            expected = (f"exactly {self.max_images}" if self.min_images == self.max_images
+                        else f"{self.min_images} to {self.max_images}")
+            raise InvalidParameter(f"This model accepts {expected} image(s); got {count}.")
+
+    def check_n(self, n: int) -> None:
+        if self.n_max == 1 and n != 1:
+            raise InvalidParameter("num_images_per_prompt must be 1")
+        if not 1 <= n <= self.n_max:
+            raise InvalidParameter(f"Parameter n must be between 1 and {self.n_max}.")
+
+    def output_size(self, requested: str | None, last_image_size: Size | None, multiple: int) -> Size:
+        """The output (width, height): the requested size checked and rounded, else the model default."""
+        if requested is not None and self.size_rule != "auto":
+            width, height = parse_size(requested)
+            self._check_size(width, height)
+            if self.size_rule == "fixed":
+                return width, height
+            return round_to_multiple(width, multiple), round_to_multiple(height, multiple)
+        if last_image_size is not None:
+            return size_for_aspect(*last_image_size, pixels=EDIT_TARGET_PIXELS, multiple=multiple)
+        if self.text_to_image_size is None:
+            raise InvalidParameter("This model needs an input image.")
+        return self.text_to_image_size
+
+    def _check_size(self, width: int, height: int) -> None:
+        if self.size_rule == "fixed" and (width, height) not in FIXED_T2I_SIZES:
+            allowed = ", ".join(f"{w}*{h}" for w, h in FIXED_T2I_SIZES)
+            raise InvalidParameter(f"Parameter size must be one of {allowed}.")
+        low, high = self.side_range
+        if self.size_rule == "sides" and not (low <= width <= high and low <= height <= high):
+            raise InvalidParameter(f"Parameter size: width and height must each be in [{low}, {high}].")
+        low, high = self.area_range
+        if self.size_rule == "area" and not low <= width * height <= high:
+            raise InvalidParameter(
+                f"Parameter size: total pixels must be in [{low}, {high}] (e.g. 512*512 to 2048*2048)."
+            )
+
+
+def parse_size(text: str) -> Size:
+    match = _SIZE_PATTERN.match(text)
+    if match is None:
+        raise InvalidParameter("Parameter size must look like '1024*1024' (width*height).")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width == 0 or height == 0:
+        raise InvalidParameter("Parameter size must have a positive width and height.")
+    return width, height
+
+
+def round_to_multiple(value: float, multiple: int) -> int:
+    """Nearest multiple (ties to even, so 1033 -> 1040 and 1032 -> 1024 as the hosted API does)."""
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def size_for_aspect(width: int, height: int, pixels: int, multiple: int) -> Size:
+    """A size of about ``pixels`` in total with the aspect ratio of ``width``/``height``."""
+    aspect = width / height
+    target_width = math.sqrt(pixels * aspect)
+    return round_to_multiple(target_width, multiple), round_to_multiple(target_width / aspect, multiple)

@@ -1,0 +1,81 @@
+"""Domain errors, each carrying the hosted API's error code and HTTP status.
+
+Any layer may raise these; ``api/errors.py`` turns them into the API's error JSON in one place.
+Anything else that escapes is logged and answered as an opaque ``InternalError``.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: ``code`` and ``status`` follow the hosted API's error table."""
+
+    code = "InternalError"
+    status = 500
+    default_message = "An internal error has occurred, please try again later."
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class InvalidParameter(ServiceError):
+    code = "InvalidParameter"
+    status = 400
+    default_message = "Required parameter(s) missing or invalid, please check the request parameters."
+
+
+class InvalidImage(InvalidParameter):
+    """The bytes are not an allowed image, or exceed the byte/pixel/side limits."""
+
+    default_message = "Invalid image format or corrupted file."
+
+
+class InputDownloadFailed(InvalidParameter):
+    default_message = "Image download failed."
+
+
+class InvalidURL(ServiceError):
+    """The URL is malformed, uses a refused scheme or port, or points at a refused address."""
+
+    code = "InvalidURL"
+    status = 400
+    default_message = "Invalid URL provided in your request."
+
+
+class InvalidApiKey(ServiceError):
+    code = "InvalidApiKey"
+    status = 401
+    default_message = "Invalid API-key provided."
+
+
+class AccessDenied(ServiceError):
+    code = "AccessDenied"
+    status = 403
+    default_message = "Access denied."
+
+
+class ResultNotFound(ServiceError):
+    """A result URL that is unknown, expired or wrongly signed: no detail on purpose."""
+
+    code = "NotFound"
+    status = 404
+    default_message = "Not found."
+
+
+class ModelNotFound(ServiceError):
+    code = "ModelNotFound"
+    status = 404
+    default_message = "Model can not be found."
+
+
+class PayloadTooLarge(ServiceError):
+    code = "BadRequest.TooLarge"
+    status = 413
+    default_message = "Payload Too Large."
+
+
+class ModelUnavailable(ServiceError):
+    code = "ModelUnavailable"
+    status = 503
+    default_message = "Model is unavailable, please try again later."
