@@ -1,4 +1,6 @@
-"""Model families: which diffusers pipeline class serves a family, and what that pipeline can do.
+"""Model families: which diffusers pipeline class serves a family, what it can do, and its defaults.
+
+``true_cfg_scale`` > 1 turns on true classifier-free guidance, with the request's negative prompt.
 
 Torch-free on purpose: the HTTP layer reads these capabilities to validate requests.
 """
@@ -18,7 +20,6 @@ class Family:
     batches_prompts: bool
     steps: int
     true_cfg_scale: float
-    guidance_scale: float | None = None
     output_multiple: int = 16
 
 
@@ -30,8 +31,9 @@ FAMILIES: dict[str, Family] = {
         Family("qwen-image-edit", "QwenImageEditPipeline", generates=False, edits=True, max_images=1,
                batches_prompts=True, steps=50, true_cfg_scale=4.0),
         Family("qwen-image-edit-plus", "QwenImageEditPlusPipeline", generates=False, edits=True,
-               max_images=3, batches_prompts=False, steps=40, true_cfg_scale=4.0, guidance_scale=1.0),
+               max_images=3, batches_prompts=False, steps=40, true_cfg_scale=4.0),
+        # Qwen recommends 40 steps without guidance for 2.1; an operator may raise true_cfg_scale.
         Family("qwen-image-2.1", "QwenImage21Pipeline", generates=True, edits=True, max_images=3,
-               batches_prompts=True, steps=50, true_cfg_scale=4.0, output_multiple=32),
+               batches_prompts=True, steps=40, true_cfg_scale=1.0, output_multiple=32),
     )
 }

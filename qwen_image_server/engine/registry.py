@@ -36,7 +36,6 @@ class ModelSpec:
     rules: ModelRules
     steps: int
     true_cfg_scale: float
-    guidance_scale: float | None
 
 
 _EDIT_RULES = ModelRules(min_images=1, max_images=3, n_max=6, size_rule="sides", text_to_image_size=None,
@@ -98,8 +97,7 @@ def builtin_specs() -> dict[str, ModelSpec]:
     specs = {}
     for name, (rules_key, family_name, source) in _BUILTIN.items():
         family = FAMILIES[family_name]
-        specs[name] = ModelSpec(name, family, source, _RULES[rules_key], family.steps,
-                                family.true_cfg_scale, family.guidance_scale)
+        specs[name] = ModelSpec(name, family, source, _RULES[rules_key], family.steps, family.true_cfg_scale)
     return specs
 
 
@@ -126,7 +124,7 @@ def apply_config(specs: dict[str, ModelSpec], config: dict[str, Any]) -> dict[st
         family = FAMILIES[family_name] if family_name else base.family  # type: ignore[union-attr]
         if base is None:
             base = next(spec for spec in builtin_specs().values() if spec.family == family)
-        unknown = set(table) - {"source", "steps", "true_cfg_scale", "guidance_scale"}
+        unknown = set(table) - {"source", "steps", "true_cfg_scale"}
         if unknown:
             raise ValueError(f"model {name!r}: unknown keys {sorted(unknown)}")
         result[name] = replace(base, name=name, family=family, **table)

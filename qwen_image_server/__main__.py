@@ -1,0 +1,3 @@
+from qwen_image_server.cli import main
+
+raise SystemExit(main())
