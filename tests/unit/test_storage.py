@@ -1,0 +1,74 @@
+import os
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from qwen_image_server.errors import ResultNotFound
+from qwen_image_server.media.storage import ResultStore, UrlSigner, load_or_create_secret
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ResultStore(tmp_path / "results", UrlSigner(b"secret"), "http://example.test", ttl_seconds=3600)
+
+
+def parts(url):
+    split = urlsplit(url)
+    query = parse_qs(split.query)
+    return split.path.rsplit("/", 1)[1], int(query["Expires"][0]), query["Signature"][0]
+
+
+def test_saved_result_is_reachable_through_its_signed_url(store):
+    url = store.save(KEY, 0, b"png-bytes")
+    assert url.startswith("http://example.test/results/")
+    name, expires, signature = parts(url)
+    assert store.path_for(name, expires, signature).read_bytes() == b"png-bytes"
+    assert expires - time.time() == pytest.approx(3600, abs=5)
+
+
+@pytest.mark.parametrize("tamper", ["name", "expires", "signature"])
+def test_any_tampering_is_not_found(store, tamper):
+    store.save(KEY, 1, b"one")
+    name, expires, signature = parts(store.save(KEY, 0, b"zero"))
+    if tamper == "name":
+        name = f"{KEY}-1.png"
+    elif tamper == "expires":
+        expires += 1
+    else:
+        signature = signature[:-1] + ("0" if signature[-1] != "0" else "1")
+    with pytest.raises(ResultNotFound):
+        store.path_for(name, expires, signature)
+
+
+def test_expired_url_is_not_found(store):
+    store.save(KEY, 0, b"x")
+    name = f"{KEY}-0.png"
+    past = int(time.time()) - 1
+    with pytest.raises(ResultNotFound):
+        store.path_for(name, past, store.signer.signature(name, past))
+
+
+@pytest.mark.parametrize("name", ["../server.db", "..%2Fserver.db", f"{KEY}-0.png/..", "x.png", f"{KEY}-0.PNG"])
+def test_names_outside_the_pattern_never_touch_the_disk(store, name):
+    future = int(time.time()) + 60
+    with pytest.raises(ResultNotFound):
+        store.path_for(name, future, store.signer.signature(name, future))
+
+
+def test_clean_up_removes_only_expired_files(store):
+    store.save(KEY, 0, b"old")
+    store.save(KEY, 1, b"new")
+    old = store.directory / f"{KEY}-0.png"
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert store.remove_expired() == 1
+    assert not old.exists() and (store.directory / f"{KEY}-1.png").exists()
+
+
+def test_secret_is_created_once_and_kept(tmp_path):
+    path = tmp_path / "secret.key"
+    first = load_or_create_secret(path)
+    assert len(first) == 64 and load_or_create_secret(path) == first
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
