@@ -66,12 +66,16 @@ class Engine:
                 log.info("loaded %s (%s) from %s in %.1f s", spec.family.pipeline_class, spec.name,
                          spec.source, time.perf_counter() - started)
 
+    def pipeline(self, model: str) -> Any:
+        pipeline = self._pipelines.get(self.registry.get(model).source)
+        if pipeline is None:
+            raise ModelUnavailable(f"Model {model!r} is not loaded (still loading, or it failed to load).")
+        return pipeline
+
     def run(self, job: Job) -> JobResult:
         started = time.perf_counter()
         spec = self.registry.get(job.model)
-        pipeline = self._pipelines.get(spec.source)
-        if pipeline is None:
-            raise ModelUnavailable(f"Model {job.model!r} is not loaded (still loading, or it failed to load).")
+        pipeline = self.pipeline(job.model)
         prompt = truncate_tokens(pipeline, job.prompt, spec.rules.prompt_token_limit)
         actual_prompt = None
         if job.prompt_extend and spec.rules.prompt_extend:

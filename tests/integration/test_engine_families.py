@@ -1,0 +1,106 @@
+"""Each family's pipeline, loaded with ``from_pretrained`` from disk, runs through the engine."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from qwen_image_server.engine.engine import Device, Engine
+from qwen_image_server.engine.registry import load_registry
+from qwen_image_server.tasks.models import Job
+
+MODELS = ["qwen-image", "qwen-image-edit", "qwen-image-edit-plus", "qwen-image-2.0"]
+
+
+@pytest.fixture(scope="module")
+def engine(demo_models_dir):
+    engine = Engine(load_registry("demo", demo_models_dir, None, MODELS), Device.choose("cpu"),
+                    prompt_extend_max_new_tokens=8)
+    engine.load()
+    return engine
+
+
+def picture(size=(512, 512), colour=(30, 120, 200)):
+    return Image.new("RGB", size, colour)
+
+
+class TransformerCalls:
+    """Counts real forward passes of a pipeline's transformer (a forward hook, not a stand-in)."""
+
+    def __init__(self, pipeline):
+        self.count = 0
+        self._handle = pipeline.transformer.register_forward_hook(self._hook)
+
+    def _hook(self, *args):
+        self.count += 1
+
+    def close(self):
+        self._handle.remove()
+
+
+def run_counting(engine, job):
+    calls = TransformerCalls(engine.pipeline(job.model))
+    try:
+        return engine.run(job), calls.count
+    finally:
+        calls.close()
+
+
+def test_every_served_model_is_loaded_from_disk(engine):
+    assert engine.loaded
+    assert {type(engine.pipeline(name)).__name__ for name in MODELS} == {
+        "QwenImagePipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenImage21Pipeline"}
+
+
+def test_text_to_image_with_true_cfg_runs_two_passes_per_step(engine):
+    result, passes = run_counting(engine, Job(model="qwen-image", prompt="a cat", width=256, height=256, seed=1,
+                                              negative_prompt="blurry"))
+    assert [image.size for image in result.images] == [(256, 256)]
+    assert passes == 2 * engine.registry.get("qwen-image").steps
+
+
+def test_single_image_edit(engine):
+    result = engine.run(Job(model="qwen-image-edit", prompt="add a hat", width=320, height=256, seed=2,
+                            images=[picture((640, 512))]))
+    assert [image.size for image in result.images] == [(320, 256)]
+
+
+def test_multi_image_edit_with_n_two_is_one_batched_call(engine):
+    result, passes = run_counting(engine, Job(model="qwen-image-edit-plus", prompt="merge", width=256,
+                                              height=256, seed=3, n=2, images=[picture(), picture((400, 300))]))
+    assert len(result.images) == 2
+    assert passes == 2 * engine.registry.get("qwen-image-edit-plus").steps
+
+
+def test_qwen_image_2_generates_and_edits_without_guidance_by_default(engine):
+    generated, passes = run_counting(engine, Job(model="qwen-image-2.0", prompt="a fox", width=256, height=256,
+                                                 seed=4, negative_prompt="ignored without guidance"))
+    assert [image.size for image in generated.images] == [(256, 256)]
+    assert passes == engine.registry.get("qwen-image-2.0").steps
+    edited = engine.run(Job(model="qwen-image-2.0", prompt="snow", width=256, height=256, seed=5,
+                            images=[picture()]))
+    assert [image.size for image in edited.images] == [(256, 256)]
+
+
+@pytest.mark.parametrize("model, images", [("qwen-image", []), ("qwen-image-edit-plus", [picture()]),
+                                           ("qwen-image-2.0", [picture()])])
+def test_prompt_extend_rewrites_with_the_loaded_text_encoder(engine, model, images):
+    job = Job(model=model, prompt="a dog", width=256, height=256, seed=6, images=images, prompt_extend=True)
+    result = engine.run(job)
+    assert result.actual_prompt and result.actual_prompt != "a dog"
+    assert len(result.images) == 1
+
+
+def test_prompt_extend_is_skipped_where_the_model_does_not_support_it(engine):
+    job = Job(model="qwen-image-edit", prompt="a dog", width=256, height=256, seed=6, images=[picture()],
+              prompt_extend=True)
+    assert engine.run(job).actual_prompt is None
+
+
+def test_long_prompts_are_truncated_to_the_model_token_limit(engine):
+    from qwen_image_server.engine.engine import truncate_tokens
+
+    pipeline = engine.pipeline("qwen-image")
+    long = " ".join(["word"] * 5000)
+    short = truncate_tokens(pipeline, long, 800)
+    assert len(pipeline.tokenizer(short, add_special_tokens=False)["input_ids"]) <= 800 < len(long.split())
