@@ -84,7 +84,7 @@ def main() -> None:
         server = start_server(data_dir, demo_dir, port)
         dashscope.base_http_api_url = f"http://127.0.0.1:{port}/api/v1"
         try:
-            pipeline = QwenImageEditPlusPipeline.from_pretrained(demo_dir / MODEL, torch_dtype=torch.float32)
+            pipeline = QwenImageEditPlusPipeline.from_pretrained(demo_dir / MODEL, dtype=torch.float32)
             pipeline.set_progress_bar_config(disable=True)
             image = input_image()
             buffer = io.BytesIO()

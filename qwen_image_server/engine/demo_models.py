@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from diffusers import (
@@ -38,7 +38,6 @@ from diffusers import (
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
-    PreTrainedModel,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2Tokenizer,
@@ -87,8 +86,9 @@ _TOKENIZER_CORPUS = (
     "image that meets the user's requirements while maintaining consistency with the original input "
     "where appropriate.",
     "Comprehend and analyze the provided prompt.",
-    "You are a helpful assistant. Rewrite the user's prompt for an image model: Picture 1: a red cat "
-    "and a blue dog sitting on a green sofa in a bright room, photo, painting, style.",
+    "system user assistant",
+    "You are a helpful assistant. Rewrite the prompt for an image model: Picture 1: a red cat and a "
+    "blue dog sitting on a green sofa in a bright room, photo, painting, style.",
 )
 _PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -170,16 +170,23 @@ def _tokenizer() -> Qwen2Tokenizer:
     )
     bpe.train_from_iterator(_TOKENIZER_CORPUS, trainer)
     trained = json.loads(bpe.to_str())["model"]
+    # Pairs, as the `tokenizers` BPE model takes them (transformers annotates them as strings).
+    merges: Any = [tuple(merge) for merge in trained["merges"]]
     return Qwen2Tokenizer(
         vocab=trained["vocab"],
-        merges=[tuple(merge) for merge in trained["merges"]],
+        merges=merges,
         extra_special_tokens=list(_SPECIAL_TOKENS[1:]),
         chat_template=_CHAT_TEMPLATE,
         model_max_length=32768,
     )
 
 
-def _token_ids(tokenizer: Qwen2Tokenizer) -> dict[str, int]:
+def _vocab_size(tokenizer: Qwen2Tokenizer) -> int:
+    """The embedding must cover every token id; real checkpoints pad it to a round size."""
+    return 64 * math.ceil(len(tokenizer) / 64)
+
+
+def _token_ids(tokenizer: Qwen2Tokenizer) -> dict[str, Any]:
     """The special-token ids the vision-language configs carry, taken from the tokenizer."""
     ids = tokenizer.convert_tokens_to_ids
     return {
@@ -190,12 +197,11 @@ def _token_ids(tokenizer: Qwen2Tokenizer) -> dict[str, int]:
     }
 
 
-def _text_config(tokenizer: Qwen2Tokenizer, mrope_section: list[int], **extra: object) -> dict:
+def _text_config(tokenizer: Qwen2Tokenizer, mrope_section: list[int], **extra: object) -> dict[str, Any]:
     """A 2-layer language model: 2 heads of 16, M-RoPE split over (time, height, width)."""
     ids = tokenizer.convert_tokens_to_ids
     return {
-        # The embedding must cover every token id, and real checkpoints pad it to a round size.
-        "vocab_size": 64 * math.ceil(len(tokenizer) / 64),
+        "vocab_size": _vocab_size(tokenizer),
         "hidden_size": _TEXT_DIM,
         "intermediate_size": 2 * _TEXT_DIM,
         "num_hidden_layers": 2,
@@ -209,15 +215,14 @@ def _text_config(tokenizer: Qwen2Tokenizer, mrope_section: list[int], **extra: o
     }
 
 
-def _with_chat_generation(model: PreTrainedModel, tokenizer: Qwen2Tokenizer) -> PreTrainedModel:
+def _chat_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
     """Make ``generate`` stop at the end of the assistant's turn, as Qwen's generation config does."""
     ids = tokenizer.convert_tokens_to_ids
-    model.generation_config = GenerationConfig(
+    return GenerationConfig(
         bos_token_id=ids("<|endoftext|>"),
         eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")],
         pad_token_id=ids("<|endoftext|>"),
     )
-    return model.eval()
 
 
 @_seeded
@@ -237,9 +242,12 @@ def _qwen25_vl_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForCondition
             "window_size": 112,
             "fullatt_block_indexes": [1],
         },
+        vocab_size=_vocab_size(tokenizer),
         **_token_ids(tokenizer),
     )
-    return _with_chat_generation(Qwen2_5_VLForConditionalGeneration(config), tokenizer)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = _chat_generation_config(tokenizer)
+    return model
 
 
 @_seeded
@@ -263,14 +271,17 @@ def _qwen3_vl_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen3VLForConditionalGe
             "num_position_embeddings": 64,
             "deepstack_visual_indexes": [0],
         },
+        vocab_size=_vocab_size(tokenizer),
         **_token_ids(tokenizer),
     )
-    return _with_chat_generation(Qwen3VLForConditionalGeneration(config), tokenizer)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config = _chat_generation_config(tokenizer)
+    return model
 
 
 def _qwen2_vl_processor(tokenizer: Qwen2Tokenizer) -> Qwen2VLProcessor:
     """Qwen2.5-VL's processor, with the real checkpoint's patching and pixel bounds."""
-    patching = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
+    patching: dict[str, Any] = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
     return Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 16384, **patching),
         video_processor=Qwen2VLVideoProcessor(**patching),
@@ -281,7 +292,7 @@ def _qwen2_vl_processor(tokenizer: Qwen2Tokenizer) -> Qwen2VLProcessor:
 
 def _qwen3_vl_processor(tokenizer: Qwen2Tokenizer) -> Qwen3VLProcessor:
     """Qwen3-VL's processor, with the real checkpoint's patching, pixel bounds and normalization."""
-    patching = {"patch_size": 16, "merge_size": 2, "temporal_patch_size": 2}
+    patching: dict[str, Any] = {"patch_size": 16, "merge_size": 2, "temporal_patch_size": 2}
     return Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(
             size={"shortest_edge": 65536, "longest_edge": 16777216},
@@ -311,7 +322,7 @@ def _qwen_image_transformer() -> QwenImageTransformer2DModel:
         num_attention_heads=2,
         joint_attention_dim=_TEXT_DIM,
         axes_dims_rope=(4, 6, 6),
-    ).eval()
+    )
 
 
 @_seeded
@@ -320,7 +331,7 @@ def _qwen_image_vae() -> AutoencoderKLQwenImage:
 
     The edit pipelines encode every input at about 1 megapixel whatever the output size, and the
     VAE's cost there is set by its depth: with 8x (not diffusers' 4x test config) the mid-block
-    attends over 128x128 positions instead of 256x256, and an edit takes seconds instead of a minute.
+    attends over 128x128 positions instead of 256x256, and an edit takes seconds, not tens of them.
     """
     return AutoencoderKLQwenImage(
         base_dim=8,
@@ -328,7 +339,7 @@ def _qwen_image_vae() -> AutoencoderKLQwenImage:
         dim_mult=[1, 2, 4, 4],
         num_res_blocks=1,
         temperal_downsample=[False, True, True],
-    ).eval()
+    )
 
 
 @_seeded
@@ -342,7 +353,7 @@ def _qwen_image21_transformer() -> QwenImage21Transformer2DModel:
         num_attention_heads=2,
         context_in_dim=_TEXT_DIM,
         axes_dims_rope=(4, 6, 6),
-    ).eval()
+    )
 
 
 @_seeded
@@ -355,7 +366,7 @@ def _qwen_image21_vae() -> AutoencoderKLQwenImage21:
         dim_mult=[1, 2, 4, 8, 8],
         num_res_blocks=1,
         temperal_downsample=[False, True, True, True],
-    ).eval()
+    )
 
 
 def _qwen_image() -> QwenImagePipeline:
@@ -422,7 +433,7 @@ def build_demo_models(target_dir: Path) -> dict[str, Path]:
 
     A family counts as built when its marker file holds ``DEMO_MODELS_VERSION``. A family is saved
     into a staging directory and renamed into place with its marker, so a crash never leaves a
-    half-written model that looks complete.
+    half-written model that looks complete, and concurrent builders each end with a complete model.
     """
     target_dir.mkdir(parents=True, exist_ok=True)
     return {family: _ensure_built(target_dir, family) for family in DEMO_FAMILIES}
@@ -442,7 +453,11 @@ def _ensure_built(target_dir: Path, family: str) -> Path:
         (staging / MARKER_NAME).write_text(DEMO_MODELS_VERSION)
         if not _is_complete(path):  # another process may have finished it meanwhile
             shutil.rmtree(path, ignore_errors=True)  # stale version, or a crashed build
-            staging.rename(path)
+            try:
+                staging.rename(path)
+            except OSError:  # a concurrent builder renamed its identical copy in first
+                if not _is_complete(path):
+                    raise
     return path
 
 

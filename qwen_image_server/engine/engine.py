@@ -42,7 +42,7 @@ class Device:
 def load_pipeline(spec: ModelSpec, device: Device) -> Any:
     """``from_pretrained`` on a local directory or an HF repo id (HF cache), as the real weights load."""
     pipeline_class = getattr(diffusers, spec.family.pipeline_class)
-    pipeline = pipeline_class.from_pretrained(spec.source, torch_dtype=device.dtype)
+    pipeline = pipeline_class.from_pretrained(spec.source, dtype=device.dtype)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device.name)
 
