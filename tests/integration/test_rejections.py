@@ -103,7 +103,7 @@ def test_unknown_model(client):
     expect(client.post(ROUTE, json=body([{"text": "a"}], model="wanx-v1")), 404, "ModelNotFound")
 
 
-@pytest.mark.parametrize("header", [None, "", "Bearer ", "Bearer sk-wrong", "Basic abc", "sk-no-scheme"])
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer sk-wrong", "Basic abc", "sk-no-scheme"])
 def test_bad_key_gets_one_answer(server, header):
     import httpx
 

@@ -58,7 +58,7 @@ def load_pipeline(models_dir: Path) -> Callable[[str], DiffusionPipeline]:
     @functools.cache
     def load(family: str) -> DiffusionPipeline:
         pipeline = PIPELINE_CLASSES[family].from_pretrained(
-            demo_model_path(models_dir, family), torch_dtype=torch.float32
+            demo_model_path(models_dir, family), dtype=torch.float32
         )
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
