@@ -1,8 +1,12 @@
 """Median latency of one tiny edit: a bare diffusers pipeline call vs. the same job through the server.
 
 Both sides run the same demo model, inputs, size, steps and seed, alternating call by call in one run
-so machine noise hits both alike. The server is a subprocess (``qwen-image-server serve``) called with
-the official ``dashscope`` SDK; its peak resident memory is read from /proc at the end.
+so machine noise hits both alike. Each side is a fresh subprocess started with the same environment
+(the bare side is this script in ``--bare-worker`` mode), because CPU inference speed varies from one
+process to another with glibc malloc's state (the tiny VAE allocates 1 GiB attention matrices). Where
+jemalloc is installed (Debian's ``libjemalloc2``) both sides preload it, which removes that variation.
+The server (``qwen-image-server serve``) is called with the official ``dashscope`` SDK; its peak
+resident memory is read from /proc at the end.
 
     python bench/edit_latency.py --runs 7
 """
@@ -47,8 +51,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+ENVIRONMENT = {**os.environ, **({"LD_PRELOAD": str(JEMALLOC), "MALLOC_CONF": "dirty_decay_ms:5000,muzzy_decay_ms:5000"}
+                                 if JEMALLOC.exists() else {})}
+
+
 def start_server(data_dir: Path, demo_dir: Path, port: int) -> subprocess.Popen:
-    environment = {**os.environ, "QIS_DEMO_MODELS_DIR": str(demo_dir)}
+    environment = {**ENVIRONMENT, "QIS_DEMO_MODELS_DIR": str(demo_dir)}
     command = [sys.executable, "-m", "qwen_image_server", "serve", "--port", str(port), "--data-dir",
                str(data_dir), "--models", MODEL]
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,10 +79,34 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def bare_worker(demo_dir: Path) -> None:
+    """Loads the pipeline, then runs one bare call per line read from stdin, answering each line."""
+    pipeline = QwenImageEditPlusPipeline.from_pretrained(demo_dir / MODEL, dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    image = input_image()
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        pipeline(image=[image], prompt=PROMPT, negative_prompt=" ", true_cfg_scale=4.0, width=SIZE, height=SIZE,
+                 num_inference_steps=DEMO_STEPS, generator=[torch.Generator("cpu").manual_seed(SEED)])
+        print("done", flush=True)
+
+
+def start_bare_worker(demo_dir: Path) -> subprocess.Popen:
+    command = [sys.executable, __file__, "--bare-worker", str(demo_dir)]
+    process = subprocess.Popen(command, env=ENVIRONMENT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    return process
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--bare-worker", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.bare_worker:
+        bare_worker(arguments.bare_worker)
+        return
 
     with tempfile.TemporaryDirectory() as scratch:
         demo_dir = Path(os.environ.get("QIS_DEMO_MODELS_DIR", Path(scratch) / "demo-models"))
@@ -82,19 +115,18 @@ def main() -> None:
         key = KeyStore(data_dir / "server.db").create("bench")
         port = free_port()
         server = start_server(data_dir, demo_dir, port)
+        worker = start_bare_worker(demo_dir)
         dashscope.base_http_api_url = f"http://127.0.0.1:{port}/api/v1"
         try:
-            pipeline = QwenImageEditPlusPipeline.from_pretrained(demo_dir / MODEL, dtype=torch.float32)
-            pipeline.set_progress_bar_config(disable=True)
-            image = input_image()
             buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
+            input_image().save(buffer, format="PNG")
             data_uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
             def bare() -> None:
-                pipeline(image=[image], prompt=PROMPT, negative_prompt=" ", true_cfg_scale=4.0, width=SIZE,
-                         height=SIZE, num_inference_steps=DEMO_STEPS,
-                         generator=[torch.Generator("cpu").manual_seed(SEED)])
+                assert worker.stdin is not None and worker.stdout is not None
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+                worker.stdout.readline()
 
             def served() -> None:
                 response = dashscope.MultiModalConversation.call(
@@ -112,19 +144,21 @@ def main() -> None:
                     timings[name].append(time.perf_counter() - started)
             peak = peak_rss_mib(server.pid)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            for process in (server, worker):
+                process.terminate()
+                process.wait(timeout=60)
 
     bare_median = statistics.median(timings["bare pipeline"])
     served_median = statistics.median(timings["server + SDK"])
     print(f"tiny edit ({MODEL} demo, {SIZE}x{SIZE}, {DEMO_STEPS} steps, true CFG), "
-          f"{arguments.runs} runs each, alternating, {torch.get_num_threads()} torch threads\n")
+          f"{arguments.runs} runs each, alternating, {torch.get_num_threads()} torch threads per process\n")
     print("| path | median s | min s | max s |")
     print("|---|---|---|---|")
     for name, values in timings.items():
         print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
     print(f"\nratio server/bare (medians): {served_median / bare_median:.3f}")
     print(f"server peak RSS: {peak:.0f} MiB")
+    print(f"allocator: {'jemalloc (LD_PRELOAD), both sides' if JEMALLOC.exists() else 'glibc malloc'}")
 
 
 if __name__ == "__main__":

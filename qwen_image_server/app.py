@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
         prepare = partial(build_demo_models, settings.demo_models_dir) if settings.preset == "demo" else None
         background = [
             asyncio.create_task(_load_models(runner, prepare)),
-            asyncio.create_task(_clean_up_periodically(results, settings.cleanup_interval_seconds)),
+            asyncio.create_task(results.remove_expired_periodically(settings.cleanup_interval_seconds)),
         ]
         try:
             yield
@@ -74,11 +74,3 @@ async def _load_models(runner: EngineRunner, prepare: partial | None) -> None:
         await runner.load(prepare)
     except Exception:
         log.exception("loading models failed; /readyz stays 503 and requests get ModelUnavailable")
-
-
-async def _clean_up_periodically(results: ResultStore, interval: float) -> None:
-    while True:
-        removed = await asyncio.to_thread(results.remove_expired)
-        if removed:
-            log.info("removed %d expired result files", removed)
-        await asyncio.sleep(interval)

@@ -7,8 +7,10 @@ pattern before any file system access, so no client-supplied path ever reaches t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -16,6 +18,8 @@ import time
 from pathlib import Path
 
 from qwen_image_server.errors import ResultNotFound
+
+log = logging.getLogger(__name__)
 
 RESULTS_ROUTE = "/results"
 _NAME_PATTERN = re.compile(r"^[0-9a-f]{32}-[0-9]{1,2}\.png$")
@@ -85,3 +89,11 @@ class ResultStore:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+    async def remove_expired_periodically(self, interval_seconds: float) -> None:
+        """Runs ``remove_expired`` every ``interval_seconds``, off the event loop, until cancelled."""
+        while True:
+            removed = await asyncio.to_thread(self.remove_expired)
+            if removed:
+                log.info("removed %d expired result files", removed)
+            await asyncio.sleep(interval_seconds)

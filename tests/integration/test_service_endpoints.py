@@ -47,3 +47,28 @@ def test_unknown_parameters_are_ignored_and_results_are_served_safely(server, im
                 f"Expires={query['Expires'][0]}&Signature={query['Signature'][0]}"):
         answer = httpx.get(bad)
         assert answer.status_code == 404 and answer.json()["code"] == "NotFound"
+
+
+def test_inference_does_not_block_the_event_loop(server, image_host):
+    import threading
+
+    url = image_host.add("busy.png", png_bytes((512, 512)))
+    payload = {"model": "qwen-image-edit-plus",
+               "input": {"messages": [{"role": "user", "content": [{"image": url}, {"text": "busy"}]}]},
+               "parameters": {"size": "512*512", "prompt_extend": False}}
+    outcome = {}
+
+    def generate():
+        with server.client() as client:
+            outcome["status"] = client.post(ROUTE, json=payload).status_code
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    answered_while_busy = 0
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        while worker.is_alive():
+            assert client.get("/healthz").status_code == 200
+            answered_while_busy += worker.is_alive()
+    worker.join()
+    assert outcome["status"] == 200
+    assert answered_while_busy >= 3

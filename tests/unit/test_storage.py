@@ -72,3 +72,24 @@ def test_secret_is_created_once_and_kept(tmp_path):
     first = load_or_create_secret(path)
     assert len(first) == 64 and load_or_create_secret(path) == first
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_periodic_clean_up_runs_until_cancelled(store):
+    import asyncio
+
+    old = store.directory / f"{KEY}-0.png"
+
+    async def scenario():
+        task = asyncio.create_task(store.remove_expired_periodically(0.01))
+        for _ in range(500):
+            if not old.exists():
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return task.cancelled()
+
+    store.save(KEY, 0, b"old")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert asyncio.run(scenario()) is True
+    assert not old.exists()

@@ -7,7 +7,9 @@ any image is downloaded or decoded.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import time
 import uuid
 from typing import Protocol
 
@@ -34,6 +36,8 @@ from qwen_image_server.media.images import (
 )
 from qwen_image_server.media.storage import ResultStore
 from qwen_image_server.tasks.models import Job, JobResult
+
+log = logging.getLogger(__name__)
 
 MAX_SEED = 2**31 - 1
 NEGATIVE_PROMPT_LIMIT = 500
@@ -86,10 +90,15 @@ class GenerationService:
         self.results = results
 
     async def generate(self, request: GenerationRequest, request_id: str) -> GenerationResponse:
+        started = time.perf_counter()
         spec = self.registry.get(request.model)
         job = await self.build_job(spec, request)
+        prepared = time.perf_counter()
         result = await self.runner.run(job)
         urls = await asyncio.to_thread(self.store_images, uuid.UUID(request_id).hex, result.images, job.watermark)
+        log.info("request %s: %s, %d image(s) %dx%d; inputs %.3f s, engine %.3f s, total %.3f s", request_id,
+                 spec.name, len(urls), job.width, job.height, prepared - started, result.seconds,
+                 time.perf_counter() - started)
         return GenerationResponse(
             output=GenerationOutput(choices=[Choice(message=ResultMessage(
                 content=[{"image": url} for url in urls]))]),
