@@ -58,11 +58,11 @@ class Engine:
     def loaded(self) -> bool:
         return all(spec.source in self._pipelines for spec in self.registry.specs())
 
-    def load(self, loader: Callable[[ModelSpec, Device], Any] = load_pipeline) -> None:
+    def load(self) -> None:
         for spec in self.registry.specs():
             if spec.source not in self._pipelines:
                 started = time.perf_counter()
-                self._pipelines[spec.source] = loader(spec, self.device)
+                self._pipelines[spec.source] = load_pipeline(spec, self.device)
                 log.info("loaded %s (%s) from %s in %.1f s", spec.family.pipeline_class, spec.name,
                          spec.source, time.perf_counter() - started)
 

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 class Family:
     name: str
     pipeline_class: str
-    generates: bool
-    edits: bool
     max_images: int
-    batches_prompts: bool
     steps: int
     true_cfg_scale: float
     output_multiple: int = 16
@@ -26,14 +23,11 @@ class Family:
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
-        Family("qwen-image", "QwenImagePipeline", generates=True, edits=False, max_images=0,
-               batches_prompts=True, steps=50, true_cfg_scale=4.0),
-        Family("qwen-image-edit", "QwenImageEditPipeline", generates=False, edits=True, max_images=1,
-               batches_prompts=True, steps=50, true_cfg_scale=4.0),
-        Family("qwen-image-edit-plus", "QwenImageEditPlusPipeline", generates=False, edits=True,
-               max_images=3, batches_prompts=False, steps=40, true_cfg_scale=4.0),
+        Family("qwen-image", "QwenImagePipeline", max_images=0, steps=50, true_cfg_scale=4.0),
+        Family("qwen-image-edit", "QwenImageEditPipeline", max_images=1, steps=50, true_cfg_scale=4.0),
+        Family("qwen-image-edit-plus", "QwenImageEditPlusPipeline", max_images=3, steps=40, true_cfg_scale=4.0),
         # Qwen recommends 40 steps without guidance for 2.1; an operator may raise true_cfg_scale.
-        Family("qwen-image-2.1", "QwenImage21Pipeline", generates=True, edits=True, max_images=3,
-               batches_prompts=True, steps=40, true_cfg_scale=1.0, output_multiple=32),
+        Family("qwen-image-2.1", "QwenImage21Pipeline", max_images=3, steps=40, true_cfg_scale=1.0,
+               output_multiple=32),
     )
 }

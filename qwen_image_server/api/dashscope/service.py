@@ -64,12 +64,12 @@ def parse_messages(payload: Input) -> tuple[str, list[str]]:
             raise InvalidParameter("Each content item must hold exactly one of 'image' or 'text'.")
         if item.text is not None:
             texts.append(item.text)
-        else:
+        elif item.image is not None:
             images.append(item.image)
     if len(texts) != 1 or not texts[0].strip():
         raise InvalidParameter(f"lack of image or text: content must hold exactly one non-empty text item, "
                                f"got {len(texts)} text item(s).")
-    return texts[0], [image for image in images if image is not None]
+    return texts[0], images
 
 
 def check_seed(seed: int | None) -> int:
