@@ -1,20 +1,23 @@
-"""The app factory: the lifespan owns the engine, key store, result store and HTTP client."""
+"""The app factory: the lifespan owns the engines and their workers, the task store and queue, the key and
+result stores and the HTTP client, and stops them in order."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from functools import partial
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
 from qwen_image_server.api import files, health
+from qwen_image_server.api import metrics as metrics_routes
 from qwen_image_server.api.context import RequestContextMiddleware
 from qwen_image_server.api.dashscope import routes as dashscope_routes
 from qwen_image_server.api.dashscope.service import GenerationService
+from qwen_image_server.api.dashscope.tasks import TaskViews
 from qwen_image_server.api.errors import install_error_handlers
+from qwen_image_server.api.limits import RateLimiter
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.engine.engine import Device, Engine, EngineRunner
 from qwen_image_server.engine.registry import load_registry
@@ -22,12 +25,18 @@ from qwen_image_server.keys import KeyStore
 from qwen_image_server.media.fetch import ImageFetcher
 from qwen_image_server.media.images import ImageLimits
 from qwen_image_server.media.storage import ResultStore, UrlSigner, load_or_create_secret
+from qwen_image_server.metrics import Metrics
 from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.queue import TaskQueue
+from qwen_image_server.tasks.sqlite import SqliteTaskStore
+from qwen_image_server.tasks.worker import Worker, maintain_periodically
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = load_registry(settings.preset, settings.demo_models_dir, settings.models_config,
@@ -36,18 +45,33 @@ def create_app(settings: Settings) -> FastAPI:
                   else load_or_create_secret(settings.data_dir / "url-signing.key"))
         results = ResultStore(settings.results_dir, UrlSigner(secret), settings.base_url,
                               settings.result_ttl_seconds)
-        runner = EngineRunner(Engine(registry, Device.choose(settings.device),
-                                     settings.prompt_extend_max_new_tokens))
+        store = SqliteTaskStore(settings.database_path)
+        queue = TaskQueue(store, settings.max_pending_tasks, settings.task_poll_seconds)
+        metrics.watch_queue_depth(store.count_pending)
+        limits = ImageLimits.from_settings(settings)
+        runners = [EngineRunner(Engine(registry, device, settings.prompt_extend_max_new_tokens))
+                   for device in Device.choose_all(settings.device, settings.cuda_devices)]
+        queue.workers = len(runners)
+        workers = [Worker(f"{device_label(runner)}-{index}", runner, queue, results, limits, metrics,
+                          settings.task_lease_seconds, settings.max_batch_size)
+                   for index, runner in enumerate(runners)]
         fetcher = ImageFetcher(settings)
         app.state.registry = registry
         app.state.keys = KeyStore(settings.database_path)
         app.state.results = results
-        app.state.runner = runner
-        app.state.generation = GenerationService(registry, runner, fetcher,
-                                                 ImageLimits.from_settings(settings), results)
-        prepare = partial(build_demo_models, settings.demo_models_dir) if settings.preset == "demo" else None
+        app.state.runners = runners
+        app.state.metrics = metrics
+        app.state.generation = GenerationService(
+            registry, queue, fetcher, limits, results,
+            RateLimiter(settings.rate_limits, settings.rate_limits_enabled),
+            lambda: all(runner.ready for runner in runners))
+        app.state.task_views = TaskViews(store, results, settings.result_ttl_seconds)
+        prepare = (lambda: build_demo_models(settings.demo_models_dir)) if settings.preset == "demo" else None
         background = [
-            asyncio.create_task(_load_models(runner, prepare)),
+            asyncio.create_task(_load_models(runners, prepare, queue)),
+            *(asyncio.create_task(worker.run_forever()) for worker in workers),
+            asyncio.create_task(maintain_periodically(queue, settings.task_max_attempts,
+                                                      settings.result_ttl_seconds, settings.task_lease_seconds / 2)),
             asyncio.create_task(results.remove_expired_periodically(settings.cleanup_interval_seconds)),
         ]
         try:
@@ -57,20 +81,30 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await fetcher.aclose()
-            runner.close()
+            for runner in runners:
+                runner.close()
 
     app = FastAPI(title="qwen-image-server", version="0.1.0", lifespan=lifespan,
                   description="Qwen-Image editing and generation behind the DashScope HTTP API.")
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(metrics_routes.RequestMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
     app.include_router(dashscope_routes.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)
     return app
 
 
-async def _load_models(runner: EngineRunner, prepare: partial | None) -> None:
+def device_label(runner: EngineRunner) -> str:
+    return runner.engine.device.name.replace(":", "")
+
+
+async def _load_models(runners: list[EngineRunner], prepare: Callable[[], object] | None, queue: TaskQueue) -> None:
     try:
-        await runner.load(prepare)
+        if prepare is not None:
+            await asyncio.to_thread(prepare)
+        await asyncio.gather(*(runner.load() for runner in runners))
     except Exception:
         log.exception("loading models failed; /readyz stays 503 and requests get ModelUnavailable")
+    queue.wake_workers()

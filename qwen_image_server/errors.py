@@ -14,8 +14,9 @@ class ServiceError(Exception):
     status = 500
     default_message = "An internal error has occurred, please try again later."
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, headers: dict[str, str] | None = None) -> None:
         self.message = message or self.default_message
+        self.headers = headers or {}
         super().__init__(self.message)
 
 
@@ -73,6 +74,38 @@ class PayloadTooLarge(ServiceError):
     code = "BadRequest.TooLarge"
     status = 413
     default_message = "Payload Too Large."
+
+
+class UnsupportedOperation(ServiceError):
+    code = "UnsupportedOperation"
+    status = 400
+    default_message = "Failed to cancel the task, please confirm if the task is in PENDING status."
+
+
+class Throttling(ServiceError):
+    """The queue is full: come back after ``Retry-After`` seconds."""
+
+    code = "Throttling"
+    status = 429
+    default_message = "Requests throttling triggered."
+
+    def __init__(self, retry_after_seconds: int, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_seconds))})
+
+
+class RateQuotaExceeded(Throttling):
+    """A key went over its per-model request rate or its concurrent-task limit."""
+
+    code = "Throttling.RateQuota"
+    default_message = "Requests rate limit exceeded, please try again later."
+
+
+class InferenceFailed(ServiceError):
+    """The pipeline raised; the task fails cleanly and the next one runs."""
+
+    code = "InternalError.Algo"
+    status = 500
+    default_message = "Inference internal error."
 
 
 class ModelUnavailable(ServiceError):

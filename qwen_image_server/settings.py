@@ -10,10 +10,31 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
+
+
+class RateLimit(BaseModel):
+    """One model's per-key limits; None means unlimited."""
+
+    per_second: int | None = Field(None, ge=1)
+    per_minute: int | None = Field(None, ge=1)
+    concurrent_async_tasks: int | None = Field(None, ge=1)
+
+
+def hosted_rate_limits() -> dict[str, RateLimit]:
+    """The hosted API's per-model table (spec §5); ``*`` covers every other name."""
+    per_minute = RateLimit(per_minute=2)
+    async_two = RateLimit(per_second=2, concurrent_async_tasks=2)
+    return {
+        "*": RateLimit(per_second=2),
+        "qwen-image": async_two,
+        "qwen-image-plus": async_two,
+        **{name: per_minute for name in ("qwen-image-max", "qwen-image-max-2025-12-30", "qwen-image-edit-max",
+                                         "qwen-image-edit-max-2026-01-16")},
+    }
 
 
 def default_data_dir() -> Path:
@@ -36,6 +57,7 @@ class Settings(BaseSettings):
     enabled_models: list[str] | None = None
     demo_models_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cuda_devices: list[int] | None = None  # GPUs that get an engine worker each; default: every visible GPU
     prompt_extend_max_new_tokens: int = Field(128, ge=1, le=2048)
 
     # Storage
@@ -43,6 +65,17 @@ class Settings(BaseSettings):
     result_ttl_seconds: int = Field(24 * 3600, gt=0)
     cleanup_interval_seconds: float = Field(600.0, gt=0)
     url_signing_secret: str | None = None
+
+    # Tasks and queue
+    max_pending_tasks: int = Field(64, ge=1)
+    max_batch_size: int = Field(4, ge=1)
+    task_lease_seconds: float = Field(30.0, gt=0)
+    task_max_attempts: int = Field(3, ge=1)
+    task_poll_seconds: float = Field(1.0, gt=0)
+
+    # Per-key limits (429 Throttling.RateQuota)
+    rate_limits_enabled: bool = True
+    rate_limits: dict[str, RateLimit] = Field(default_factory=hosted_rate_limits)
 
     # Input images (security.md)
     fetch_allowed_hosts: list[str] = Field(default_factory=list)

@@ -129,6 +129,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path,
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("server-data"), demo_models_dir=demo_models_dir, port=port,
         fetch_allowed_hosts=[image_host.netloc], max_image_bytes=2 * MiB, max_request_bytes=8 * MiB,
+        rate_limits_enabled=False,
     )
     key = KeyStore(settings.database_path).create("tests")
     uvicorn_server, thread = start_server(settings, sock)

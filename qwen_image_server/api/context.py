@@ -23,9 +23,11 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = str(uuid.uuid4())
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         body = await self._read_body(scope, receive)
         if body is None:
+            state["error_code"] = "BadRequest.TooLarge"
             response = error_response(request_id, 413, "BadRequest.TooLarge",
                                       f"Payload Too Large: the body limit is {self.max_body_bytes} bytes.")
             await response(scope, receive, send)

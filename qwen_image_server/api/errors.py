@@ -26,9 +26,15 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
+def _answer(request: Request, status: int, code: str, message: str,
+            headers: dict[str, str] | None = None) -> JSONResponse:
+    request.state.error_code = code  # for the request metrics
+    return error_response(request_id_of(request), status, code, message, headers)
+
+
 async def _service_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
-    return error_response(request_id_of(request), error.status, error.code, error.message)
+    return _answer(request, error.status, error.code, error.message, error.headers)
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
@@ -38,7 +44,7 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
         message = "Required body invalid, please check the request body format."
     else:
         message = "; ".join(_describe(problem) for problem in problems[:5])
-    return error_response(request_id_of(request), 400, "InvalidParameter", message)
+    return _answer(request, 400, "InvalidParameter", message)
 
 
 def _describe(problem: dict) -> str:
@@ -49,14 +55,12 @@ def _describe(problem: dict) -> str:
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
     code = _HTTP_CODES.get(error.status_code, "InvalidParameter")
-    return error_response(request_id_of(request), error.status_code, code, str(error.detail),
-                          headers=dict(error.headers or {}))
+    return _answer(request, error.status_code, code, str(error.detail), dict(error.headers or {}))
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error in request %s", request_id_of(request), exc_info=error)
-    return error_response(request_id_of(request), 500, "InternalError",
-                          "An internal error has occurred, please try again later.")
+    return _answer(request, 500, "InternalError", "An internal error has occurred, please try again later.")
 
 
 def install_error_handlers(app: FastAPI) -> None:

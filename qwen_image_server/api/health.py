@@ -17,6 +17,6 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Models are loaded and requests will run")
 async def readyz(request: Request) -> JSONResponse:
-    if request.app.state.runner.ready:
+    if all(runner.ready for runner in request.app.state.runners):
         return JSONResponse({"status": "ready", "models": request.app.state.registry.names()})
     return error_response(request_id_of(request), 503, "ModelUnavailable", "Models are still loading.")

@@ -1,8 +1,8 @@
 """The engine: loads diffusers pipelines and runs jobs on them. The only module that imports torch.
 
 One pipeline is loaded per distinct weights source, so every API name that maps to the same weights
-shares it. ``Engine.run`` blocks; ``EngineRunner`` runs it on a single worker thread so inference never
-blocks the event loop and jobs never compete for one device.
+shares it. ``Engine.run_batch`` blocks; ``EngineRunner`` runs it on a single thread per device, so inference
+never blocks the event loop and batches never compete for one device.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import torch
 
 from qwen_image_server.engine.prompt_extend import extend_prompt
 from qwen_image_server.engine.registry import ModelRegistry, ModelSpec
-from qwen_image_server.errors import ModelUnavailable
+from qwen_image_server.errors import InferenceFailed, ModelUnavailable, ServiceError
 from qwen_image_server.tasks.models import Job, JobResult
+
+StepCallback = Callable[[int, int], None]
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,13 @@ class Device:
     dtype: torch.dtype
 
     @classmethod
-    def choose(cls, preference: str) -> Device:
+    def choose_all(cls, preference: str, cuda_indices: list[int] | None = None) -> list[Device]:
+        """One device per engine worker: every chosen GPU in bf16, else the CPU in float32."""
         use_cuda = preference == "cuda" or (preference == "auto" and torch.cuda.is_available())
-        return cls("cuda", torch.bfloat16) if use_cuda else cls("cpu", torch.float32)
+        if not use_cuda:
+            return [cls("cpu", torch.float32)]
+        indices = cuda_indices if cuda_indices is not None else range(max(1, torch.cuda.device_count()))
+        return [cls(f"cuda:{index}", torch.bfloat16) for index in indices]
 
 
 def load_pipeline(spec: ModelSpec, device: Device) -> Any:
@@ -72,36 +78,75 @@ class Engine:
             raise ModelUnavailable(f"Model {model!r} is not loaded (still loading, or it failed to load).")
         return pipeline
 
-    def run(self, job: Job) -> JobResult:
-        started = time.perf_counter()
-        spec = self.registry.get(job.model)
-        pipeline = self.pipeline(job.model)
-        prompt = truncate_tokens(pipeline, job.prompt, spec.rules.prompt_token_limit)
-        actual_prompt = None
-        if job.prompt_extend and spec.rules.prompt_extend:
-            actual_prompt = extend_prompt(pipeline, prompt, job.images, self.prompt_extend_max_new_tokens)
-            log.info("prompt_extend rewrote %r as %r", prompt, actual_prompt)
-        with torch.inference_mode():
-            output = pipeline(**self.pipeline_arguments(spec, job, actual_prompt or prompt))
-        return JobResult(images=list(output.images), actual_prompt=actual_prompt,
-                         seconds=time.perf_counter() - started)
+    def run_batch(self, jobs: list[Job], on_step: StepCallback | None = None) -> list[JobResult]:
+        """Runs jobs of one model and size in a single pipeline call; the caller checks they are compatible.
 
-    def pipeline_arguments(self, spec: ModelSpec, job: Job, prompt: str) -> dict[str, Any]:
-        """One batched call for all ``n`` images; image ``i`` is seeded with ``seed + i``."""
+        Any failure of the pipeline surfaces as ``InferenceFailed``; after an out-of-memory error the
+        allocator's cache is emptied so the next batch starts clean.
+        """
+        started = time.perf_counter()
+        spec = self.registry.get(jobs[0].model)
+        pipeline = self.pipeline(jobs[0].model)
+        prompts, actual_prompts = [], []
+        for job in jobs:
+            prompt = truncate_tokens(pipeline, job.prompt, spec.rules.prompt_token_limit)
+            actual_prompt = None
+            if job.prompt_extend and spec.rules.prompt_extend:
+                actual_prompt = extend_prompt(pipeline, prompt, job.images, self.prompt_extend_max_new_tokens)
+                log.info("prompt_extend rewrote %r as %r", prompt, actual_prompt)
+            prompts.append(actual_prompt or prompt)
+            actual_prompts.append(actual_prompt)
+        arguments = self.pipeline_arguments(spec, jobs, prompts)
+        if on_step is not None:
+            arguments["callback_on_step_end"] = _step_reporter(on_step, spec.steps)
+        try:
+            with torch.inference_mode():
+                images = list(pipeline(**arguments).images)
+        except torch.OutOfMemoryError as error:
+            torch.cuda.empty_cache()
+            raise InferenceFailed("Inference ran out of device memory; try a smaller size or n.") from error
+        except ServiceError:
+            raise
+        except Exception as error:
+            log.exception("pipeline %s failed", spec.family.pipeline_class)
+            raise InferenceFailed() from error
+        seconds = time.perf_counter() - started
+        n = jobs[0].n
+        return [JobResult(images=images[i * n:(i + 1) * n], actual_prompt=actual_prompts[i], seconds=seconds)
+                for i in range(len(jobs))]
+
+    def pipeline_arguments(self, spec: ModelSpec, jobs: list[Job], prompts: list[str]) -> dict[str, Any]:
+        """One call for every job and all their ``n`` images; job image ``i`` is seeded with ``seed + i``.
+
+        diffusers orders a batch prompt by prompt, each prompt's images together, so the generators follow
+        that order and a job's images do not depend on what it was batched with.
+        """
+        first = jobs[0]
+        single = len(jobs) == 1
         arguments: dict[str, Any] = {
-            "prompt": prompt,
-            "width": job.width,
-            "height": job.height,
+            "prompt": prompts[0] if single else prompts,
+            "width": first.width,
+            "height": first.height,
             "num_inference_steps": spec.steps,
             "true_cfg_scale": spec.true_cfg_scale,
-            "num_images_per_prompt": job.n,
-            "generator": [torch.Generator(self.device.name).manual_seed(job.seed + i) for i in range(job.n)],
+            "num_images_per_prompt": first.n,
+            "generator": [torch.Generator(self.device.name).manual_seed(job.seed + i)
+                          for job in jobs for i in range(job.n)],
         }
         if spec.true_cfg_scale > 1:
-            arguments["negative_prompt"] = job.negative_prompt or BLANK_NEGATIVE_PROMPT
-        if job.images:
-            arguments["image"] = job.images if spec.family.max_images > 1 else job.images[0]
+            negatives = [job.negative_prompt or BLANK_NEGATIVE_PROMPT for job in jobs]
+            arguments["negative_prompt"] = negatives[0] if single else negatives
+        if first.images:
+            arguments["image"] = first.images if spec.family.max_images > 1 else first.images[0]
         return arguments
+
+
+def _step_reporter(on_step: StepCallback, total: int) -> Callable[..., dict[str, Any]]:
+    def report(_pipeline: Any, step: int, _timestep: Any, _tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(step + 1, total)
+        return {}
+
+    return report
 
 
 def truncate_tokens(pipeline: Any, prompt: str, limit: int) -> str:
@@ -132,8 +177,8 @@ class EngineRunner:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, prepare_and_load)
 
-    async def run(self, job: Job) -> JobResult:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.run, job)
+    async def run_batch(self, jobs: list[Job], on_step: StepCallback | None = None) -> list[JobResult]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.run_batch, jobs, on_step)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

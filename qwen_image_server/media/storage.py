@@ -56,14 +56,21 @@ class ResultStore:
         directory.mkdir(parents=True, exist_ok=True)
 
     def save(self, key: str, index: int, png: bytes) -> str:
-        """Stores one PNG under a name derived from ``key`` (a hex id); returns its signed URL."""
+        """Stores one PNG under a name derived from ``key`` (a hex task id) and returns the name.
+
+        The name depends only on the key and index, so a task that runs again overwrites its own files.
+        """
         name = f"{key}-{index}.png"
         if _NAME_PATTERN.match(name) is None:
             raise ValueError(f"result key must be 32 hex digits, got {key!r}")
         temporary = self.directory / f".{name}.tmp"
         temporary.write_bytes(png)
         temporary.replace(self.directory / name)
-        return self.signed_url(name, int(time.time()) + self.ttl_seconds)
+        return name
+
+    def url(self, name: str, stored_at: float) -> str:
+        """The signed URL of a stored result, valid until the result expires."""
+        return self.signed_url(name, int(stored_at) + self.ttl_seconds)
 
     def signed_url(self, name: str, expires: int) -> str:
         signature = self.signer.signature(name, expires)

@@ -14,7 +14,7 @@ MODELS = ["qwen-image", "qwen-image-edit", "qwen-image-edit-plus", "qwen-image-2
 
 @pytest.fixture(scope="module")
 def engine(demo_models_dir):
-    engine = Engine(load_registry("demo", demo_models_dir, None, MODELS), Device.choose("cpu"),
+    engine = Engine(load_registry("demo", demo_models_dir, None, MODELS), Device.choose_all("cpu")[0],
                     prompt_extend_max_new_tokens=8)
     engine.load()
     return engine
@@ -41,7 +41,7 @@ class TransformerCalls:
 def run_counting(engine, job):
     calls = TransformerCalls(engine.pipeline(job.model))
     try:
-        return engine.run(job), calls.count
+        return engine.run_batch([job])[0], calls.count
     finally:
         calls.close()
 
@@ -60,8 +60,8 @@ def test_text_to_image_with_true_cfg_runs_two_passes_per_step(engine):
 
 
 def test_single_image_edit(engine):
-    result = engine.run(Job(model="qwen-image-edit", prompt="add a hat", width=320, height=256, seed=2,
-                            images=[picture((640, 512))]))
+    [result] = engine.run_batch([Job(model="qwen-image-edit", prompt="add a hat", width=320, height=256, seed=2,
+                                     images=[picture((640, 512))])])
     assert [image.size for image in result.images] == [(320, 256)]
 
 
@@ -77,8 +77,8 @@ def test_qwen_image_2_generates_and_edits_without_guidance_by_default(engine):
                                                  seed=4, negative_prompt="ignored without guidance"))
     assert [image.size for image in generated.images] == [(256, 256)]
     assert passes == engine.registry.get("qwen-image-2.0").steps
-    edited = engine.run(Job(model="qwen-image-2.0", prompt="snow", width=256, height=256, seed=5,
-                            images=[picture()]))
+    [edited] = engine.run_batch([Job(model="qwen-image-2.0", prompt="snow", width=256, height=256, seed=5,
+                                     images=[picture()])])
     assert [image.size for image in edited.images] == [(256, 256)]
 
 
@@ -86,7 +86,7 @@ def test_qwen_image_2_generates_and_edits_without_guidance_by_default(engine):
                                            ("qwen-image-2.0", [picture()])])
 def test_prompt_extend_rewrites_with_the_loaded_text_encoder(engine, model, images):
     job = Job(model=model, prompt="a dog", width=256, height=256, seed=6, images=images, prompt_extend=True)
-    result = engine.run(job)
+    result = engine.run_batch([job])[0]
     assert result.actual_prompt and result.actual_prompt != "a dog"
     assert len(result.images) == 1
 
@@ -94,7 +94,7 @@ def test_prompt_extend_rewrites_with_the_loaded_text_encoder(engine, model, imag
 def test_prompt_extend_is_skipped_where_the_model_does_not_support_it(engine):
     job = Job(model="qwen-image-edit", prompt="a dog", width=256, height=256, seed=6, images=[picture()],
               prompt_extend=True)
-    assert engine.run(job).actual_prompt is None
+    assert engine.run_batch([job])[0].actual_prompt is None
 
 
 def test_long_prompts_are_truncated_to_the_model_token_limit(engine):

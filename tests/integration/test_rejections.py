@@ -183,12 +183,6 @@ def test_other_image_references(client, source):
     assert response.json()["code"] in {"InvalidURL", "InvalidParameter"}
 
 
-def test_async_header_is_refused_on_the_sync_endpoint(client, image):
-    response = client.post(ROUTE, json=body([{"image": image}, {"text": "a"}]),
-                           headers={"X-DashScope-Async": "enable"})
-    expect(response, 403, "AccessDenied", "asynchronous")
-
-
 def test_unknown_route_and_method(client):
     expect(client.get("/api/v1/nothing-here"), 404, "NotFound")
     expect(client.get(ROUTE), 405, "MethodNotAllowed")

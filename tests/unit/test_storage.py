@@ -22,7 +22,9 @@ def parts(url):
 
 
 def test_saved_result_is_reachable_through_its_signed_url(store):
-    url = store.save(KEY, 0, b"png-bytes")
+    name = store.save(KEY, 0, b"png-bytes")
+    assert name == f"{KEY}-0.png"
+    url = store.url(name, time.time())
     assert url.startswith("http://example.test/results/")
     name, expires, signature = parts(url)
     assert store.path_for(name, expires, signature).read_bytes() == b"png-bytes"
@@ -32,7 +34,7 @@ def test_saved_result_is_reachable_through_its_signed_url(store):
 @pytest.mark.parametrize("tamper", ["name", "expires", "signature"])
 def test_any_tampering_is_not_found(store, tamper):
     store.save(KEY, 1, b"one")
-    name, expires, signature = parts(store.save(KEY, 0, b"zero"))
+    name, expires, signature = parts(store.url(store.save(KEY, 0, b"zero"), time.time()))
     if tamper == "name":
         name = f"{KEY}-1.png"
     elif tamper == "expires":
@@ -41,6 +43,13 @@ def test_any_tampering_is_not_found(store, tamper):
         signature = signature[:-1] + ("0" if signature[-1] != "0" else "1")
     with pytest.raises(ResultNotFound):
         store.path_for(name, expires, signature)
+
+
+def test_saving_again_overwrites_the_same_name(store):
+    first = store.save(KEY, 0, b"first run")
+    assert store.save(KEY, 0, b"second run") == first
+    assert (store.directory / first).read_bytes() == b"second run"
+    assert [path.name for path in store.directory.iterdir()] == [first]
 
 
 def test_expired_url_is_not_found(store):

@@ -53,6 +53,19 @@ class GenerationRequest(WireModel):
     parameters: Parameters = Field(default_factory=Parameters)
 
 
+class SynthesisInput(WireModel):
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class SynthesisRequest(WireModel):
+    """The text2image/image-synthesis body (spec §2.1): the prompt sits in ``input``, not in messages."""
+
+    model: str = Field(min_length=1)
+    input: SynthesisInput
+    parameters: Parameters = Field(default_factory=Parameters)
+
+
 class ResultMessage(BaseModel):
     role: str = "assistant"
     content: list[dict[str, str]]
@@ -79,6 +92,87 @@ class GenerationResponse(BaseModel):
     request_id: str
 
 
+class TaskCreatedOutput(BaseModel):
+    task_id: str
+    task_status: str
+
+
+class TaskCreatedResponse(BaseModel):
+    output: TaskCreatedOutput
+    request_id: str
+
+
+class TaskResult(BaseModel):
+    url: str | None = None
+    orig_prompt: str | None = None
+    actual_prompt: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class TaskMetrics(BaseModel):
+    TOTAL: int
+    SUCCEEDED: int
+    FAILED: int
+
+
+class TaskProgress(BaseModel):
+    """Our extension: denoising steps done, while a task runs."""
+
+    step: int
+    total_steps: int
+
+
+class TaskOutput(BaseModel):
+    task_id: str
+    task_status: str
+    submit_time: str | None = None
+    scheduled_time: str | None = None
+    end_time: str | None = None
+    results: list[TaskResult] | None = None
+    task_metrics: TaskMetrics | None = None
+    progress: TaskProgress | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class TaskUsage(BaseModel):
+    image_count: int
+    width: int | None = None
+    height: int | None = None
+
+
+class TaskResponse(BaseModel):
+    request_id: str
+    output: TaskOutput
+    usage: TaskUsage | None = None
+
+
+class TaskSummary(BaseModel):
+    task_id: str
+    status: str
+    model_name: str
+    api_key_id: str
+    request_id: str
+    region: str
+    gmt_create: int
+    start_time: int | None = None
+    end_time: int | None = None
+
+
+class TaskListResponse(BaseModel):
+    request_id: str
+    total: int
+    total_page: int
+    page_no: int
+    page_size: int
+    data: list[TaskSummary]
+
+
+class CancelResponse(BaseModel):
+    request_id: str
+
+
 class ErrorResponse(BaseModel):
     request_id: str
     code: str
@@ -86,5 +180,5 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 500, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 500, 503)
 }

@@ -1,4 +1,4 @@
-"""Thin routes of the DashScope-compatible API: parse, authenticate, hand to the service."""
+"""Thin routes of the DashScope-compatible API: parse, authenticate, hand to the service or the task views."""
 
 from __future__ import annotations
 
@@ -7,8 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request
 
 from qwen_image_server.api.auth import ApiKey
-from qwen_image_server.api.dashscope.protocol import ERROR_RESPONSES, GenerationRequest, GenerationResponse
+from qwen_image_server.api.dashscope.protocol import (
+    ERROR_RESPONSES,
+    CancelResponse,
+    GenerationRequest,
+    GenerationResponse,
+    SynthesisRequest,
+    TaskCreatedResponse,
+    TaskListResponse,
+    TaskResponse,
+)
 from qwen_image_server.api.dashscope.service import GenerationService
+from qwen_image_server.api.dashscope.tasks import TaskViews
 from qwen_image_server.api.errors import request_id_of
 from qwen_image_server.errors import AccessDenied
 
@@ -19,18 +29,55 @@ def get_service(request: Request) -> GenerationService:
     return request.app.state.generation
 
 
+def get_task_views(request: Request) -> TaskViews:
+    return request.app.state.task_views
+
+
 Service = Annotated[GenerationService, Depends(get_service)]
+Tasks = Annotated[TaskViews, Depends(get_task_views)]
+AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async")]
 
 
-@router.post("/services/aigc/multimodal-generation/generation", response_model=GenerationResponse,
-             responses=ERROR_RESPONSES, summary="Edit images or generate from text (synchronous)")
-async def multimodal_generation(
-    body: GenerationRequest,
-    request: Request,
-    _key: ApiKey,
-    service: Service,
-    x_dashscope_async: Annotated[str | None, Header()] = None,
-) -> GenerationResponse:
-    if (x_dashscope_async or "").lower() == "enable":
-        raise AccessDenied("Current user api does not support asynchronous calls.")
-    return await service.generate(body, request_id_of(request))
+def wants_async(header: str | None) -> bool:
+    return (header or "").strip().lower() == "enable"
+
+
+@router.post("/services/aigc/multimodal-generation/generation",
+             response_model=GenerationResponse | TaskCreatedResponse, responses=ERROR_RESPONSES,
+             summary="Edit images or generate from text; as a task with X-DashScope-Async: enable (our extension)")
+async def multimodal_generation(body: GenerationRequest, request: Request, key_id: ApiKey, service: Service,
+                                x_dashscope_async: AsyncHeader = None) -> GenerationResponse | TaskCreatedResponse:
+    if wants_async(x_dashscope_async):
+        return await service.submit_generation(body, key_id, request_id_of(request))
+    return await service.generate(body, key_id, request_id_of(request), request.is_disconnected)
+
+
+@router.post("/services/aigc/text2image/image-synthesis", response_model=TaskCreatedResponse,
+             responses=ERROR_RESPONSES, summary="Generate from text as a task (needs X-DashScope-Async: enable)")
+async def image_synthesis(body: SynthesisRequest, request: Request, key_id: ApiKey, service: Service,
+                          x_dashscope_async: AsyncHeader = None) -> TaskCreatedResponse:
+    if not wants_async(x_dashscope_async):
+        raise AccessDenied("current user api does not support synchronous calls")
+    return await service.submit_synthesis(body, key_id, request_id_of(request))
+
+
+@router.get("/tasks/{task_id}", response_model=TaskResponse, response_model_exclude_none=True,
+            responses=ERROR_RESPONSES, summary="A task's state and, once done, its results")
+async def get_task(task_id: str, request: Request, key_id: ApiKey, tasks: Tasks) -> TaskResponse:
+    return await tasks.get(task_id, key_id, request_id_of(request))
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=CancelResponse, responses=ERROR_RESPONSES,
+             summary="Cancel a task that is still PENDING")
+async def cancel_task(task_id: str, request: Request, key_id: ApiKey, tasks: Tasks) -> CancelResponse:
+    return await tasks.cancel(task_id, key_id, request_id_of(request))
+
+
+@router.get("/tasks", response_model=TaskListResponse, response_model_exclude_none=True,
+            responses=ERROR_RESPONSES, summary="The caller's tasks of the last 24 hours, newest first")
+async def list_tasks(request: Request, key_id: ApiKey, tasks: Tasks, page_no: int = 1, page_size: int = 10,
+                     model_name: str | None = None, status: str | None = None, start_time: str | None = None,
+                     end_time: str | None = None, api_key_id: str | None = None) -> TaskListResponse:
+    return await tasks.list(key_id, request_id_of(request), page_no=page_no, page_size=page_size,
+                            model_name=model_name, status=status, start_time=start_time, end_time=end_time,
+                            api_key_id=api_key_id)

@@ -1,0 +1,250 @@
+"""The task store on SQLite in WAL mode: crash-safe on one machine, with no server to run.
+
+Writes take the database's write lock up front (``BEGIN IMMEDIATE``), so a claim's read and update are one
+atomic step even with several workers or processes. ``synchronous=FULL`` makes an acknowledged task
+survive power loss as well as ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from qwen_image_server.tasks.models import (
+    NewTask,
+    TaskFailure,
+    TaskFilter,
+    TaskMode,
+    TaskPage,
+    TaskRecord,
+    TaskState,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    batch_key TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    lease_until REAL,
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress_step INTEGER,
+    progress_total INTEGER,
+    outputs TEXT NOT NULL DEFAULT '[]',
+    actual_prompt TEXT,
+    error_code TEXT,
+    error_status INTEGER,
+    error_message TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, submitted_at);
+CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (key_id, submitted_at);
+CREATE TABLE IF NOT EXISTS task_inputs (
+    task_id TEXT NOT NULL REFERENCES tasks (task_id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (task_id, position)
+);
+"""
+
+_COLUMNS = ("task_id, key_id, request_id, mode, model, state, parameters, batch_key, attempt, submitted_at, "
+            "started_at, finished_at, progress_step, progress_total, outputs, actual_prompt, error_code, "
+            "error_status, error_message")
+
+
+class SqliteTaskStore:
+    def __init__(self, database: Path, clock: Callable[[], float] = time.time) -> None:
+        self.database = database
+        self.clock = clock
+        self._local = threading.local()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        connection = self._connection()
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(_SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        """One connection per thread: sqlite3 connections must not be shared between threads."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.database, timeout=30, isolation_level=None)
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            self._local.connection = connection
+        return connection
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def create(self, task: NewTask, max_pending: int) -> bool:
+        with self._write() as db:
+            pending = db.execute("SELECT COUNT(*) FROM tasks WHERE state = ?", (TaskState.PENDING,)).fetchone()[0]
+            if pending >= max_pending:
+                return False
+            db.execute(
+                "INSERT INTO tasks (task_id, key_id, request_id, mode, model, state, parameters, batch_key, "
+                "submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (task.task_id, task.key_id, task.request_id, task.mode, task.job.model, TaskState.PENDING,
+                 json.dumps(task.job.parameters()), task.batch_key, self.clock()),
+            )
+            db.executemany("INSERT INTO task_inputs (task_id, position, data) VALUES (?, ?, ?)",
+                           [(task.task_id, position, data) for position, data in enumerate(task.inputs)])
+        return True
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        row = self._connection().execute(f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return _record(row) if row else None
+
+    def inputs(self, task_id: str) -> list[bytes]:
+        rows = self._connection().execute(
+            "SELECT data FROM task_inputs WHERE task_id = ? ORDER BY position", (task_id,)).fetchall()
+        return [bytes(row[0]) for row in rows]
+
+    def claim(self, worker: str, lease_seconds: float, max_batch: int) -> list[TaskRecord]:
+        with self._write() as db:
+            first = db.execute(
+                "SELECT task_id, batch_key FROM tasks WHERE state = ? ORDER BY submitted_at, rowid LIMIT 1",
+                (TaskState.PENDING,)).fetchone()
+            if first is None:
+                return []
+            task_ids = [first[0]]
+            if first[1] is not None and max_batch > 1:
+                task_ids += [row[0] for row in db.execute(
+                    "SELECT task_id FROM tasks WHERE state = ? AND batch_key = ? AND task_id != ? "
+                    "ORDER BY submitted_at, rowid LIMIT ?",
+                    (TaskState.PENDING, first[1], first[0], max_batch - 1))]
+            now = self.clock()
+            marks = ",".join("?" * len(task_ids))
+            db.execute(
+                f"UPDATE tasks SET state = ?, worker = ?, lease_until = ?, attempt = attempt + 1, started_at = ?, "
+                f"progress_step = NULL, progress_total = NULL WHERE task_id IN ({marks})",
+                (TaskState.RUNNING, worker, now + lease_seconds, now, *task_ids))
+            rows = db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE task_id IN ({marks})", task_ids).fetchall()
+        by_id = {row[0]: _record(row) for row in rows}
+        return [by_id[task_id] for task_id in task_ids]
+
+    def heartbeat(self, task_ids: list[str], worker: str, lease_seconds: float) -> None:
+        self._update_owned(task_ids, worker, "lease_until = ?", (self.clock() + lease_seconds,))
+
+    def progress(self, task_ids: list[str], worker: str, step: int, total: int) -> None:
+        self._update_owned(task_ids, worker, "progress_step = ?, progress_total = ?", (step, total))
+
+    def _update_owned(self, task_ids: list[str], worker: str, assignments: str, values: tuple[Any, ...]) -> int:
+        marks = ",".join("?" * len(task_ids))
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE tasks SET {assignments} WHERE task_id IN ({marks}) AND state = ? AND worker = ?",
+                (*values, *task_ids, TaskState.RUNNING, worker))
+            return cursor.rowcount
+
+    def succeed(self, task_id: str, worker: str, outputs: list[str], actual_prompt: str | None) -> bool:
+        return self._finish(task_id, worker, "outputs = ?, actual_prompt = ?",
+                            (TaskState.SUCCEEDED, json.dumps(outputs), actual_prompt))
+
+    def fail(self, task_id: str, worker: str, failure: TaskFailure) -> bool:
+        return self._finish(task_id, worker, "error_code = ?, error_status = ?, error_message = ?",
+                            (TaskState.FAILED, failure.code, failure.status, failure.message))
+
+    def _finish(self, task_id: str, worker: str, assignments: str, values: tuple[Any, ...]) -> bool:
+        """Ends a task ``worker`` still owns and drops its inputs; False if it lost the lease meanwhile."""
+        state, *rest = values
+        with self._write() as db:
+            finished = db.execute(
+                f"UPDATE tasks SET state = ?, finished_at = ?, lease_until = NULL, {assignments} "
+                "WHERE task_id = ? AND state = ? AND worker = ?",
+                (state, self.clock(), *rest, task_id, TaskState.RUNNING, worker)).rowcount == 1
+            if finished:
+                db.execute("DELETE FROM task_inputs WHERE task_id = ?", (task_id,))
+        return finished
+
+    def release(self, task_ids: list[str], worker: str) -> None:
+        if task_ids:
+            self._update_owned(task_ids, worker, "state = ?, worker = NULL, lease_until = NULL, "
+                               "attempt = attempt - 1, started_at = NULL", (TaskState.PENDING,))
+
+    def cancel(self, task_id: str, key_id: str) -> bool:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET state = ?, finished_at = ? WHERE task_id = ? AND key_id = ? AND state = ?",
+                (TaskState.CANCELED, self.clock(), task_id, key_id, TaskState.PENDING))
+            if cursor.rowcount:
+                db.execute("DELETE FROM task_inputs WHERE task_id = ?", (task_id,))
+            return cursor.rowcount == 1
+
+    def reap(self, max_attempts: int) -> tuple[int, int]:
+        now = self.clock()
+        with self._write() as db:
+            failed = db.execute(
+                "UPDATE tasks SET state = ?, finished_at = ?, lease_until = NULL, error_code = ?, error_status = ?, "
+                "error_message = ? WHERE state = ? AND lease_until < ? AND attempt >= ?",
+                (TaskState.FAILED, now, "InternalError", 500,
+                 f"The task was interrupted {max_attempts} times (its worker stopped responding) and was given up.",
+                 TaskState.RUNNING, now, max_attempts)).rowcount
+            requeued = db.execute(
+                "UPDATE tasks SET state = ?, worker = NULL, lease_until = NULL, progress_step = NULL, "
+                "progress_total = NULL WHERE state = ? AND lease_until < ?",
+                (TaskState.PENDING, TaskState.RUNNING, now)).rowcount
+        return requeued, failed
+
+    def list(self, query: TaskFilter) -> TaskPage:
+        conditions, values = ["key_id = ?"], [query.key_id]
+        for condition, value in (("model = ?", query.model), ("state = ?", query.state),
+                                 ("submitted_at >= ?", query.submitted_from),
+                                 ("submitted_at <= ?", query.submitted_to)):
+            if value is not None:
+                conditions.append(condition)
+                values.append(value)
+        where = " AND ".join(conditions)
+        db = self._connection()
+        total = db.execute(f"SELECT COUNT(*) FROM tasks WHERE {where}", values).fetchone()[0]
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE {where} ORDER BY submitted_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (*values, query.page_size, (query.page_no - 1) * query.page_size)).fetchall()
+        return TaskPage(total=total, records=[_record(row) for row in rows])
+
+    def count_pending(self) -> int:
+        return int(self._connection().execute(
+            "SELECT COUNT(*) FROM tasks WHERE state = ?", (TaskState.PENDING,)).fetchone()[0])
+
+    def count_active(self, key_id: str, model: str, mode: TaskMode) -> int:
+        return int(self._connection().execute(
+            "SELECT COUNT(*) FROM tasks WHERE key_id = ? AND model = ? AND mode = ? AND state IN (?, ?)",
+            (key_id, model, mode, TaskState.PENDING, TaskState.RUNNING)).fetchone()[0])
+
+    def purge(self, submitted_before: float) -> int:
+        with self._write() as db:
+            return db.execute("DELETE FROM tasks WHERE submitted_at < ? AND state NOT IN (?, ?)",
+                              (submitted_before, TaskState.PENDING, TaskState.RUNNING)).rowcount
+
+
+def _record(row: tuple[Any, ...]) -> TaskRecord:
+    (task_id, key_id, request_id, mode, model, state, parameters, batch_key, attempt, submitted_at, started_at,
+     finished_at, progress_step, progress_total, outputs, actual_prompt, error_code, error_status,
+     error_message) = row
+    return TaskRecord(
+        task_id=task_id, key_id=key_id, request_id=request_id, mode=TaskMode(mode), model=model,
+        state=TaskState(state), parameters=json.loads(parameters), batch_key=batch_key, attempt=attempt,
+        submitted_at=submitted_at, started_at=started_at, finished_at=finished_at, progress_step=progress_step,
+        progress_total=progress_total, outputs=json.loads(outputs), actual_prompt=actual_prompt,
+        error_code=error_code, error_status=error_status, error_message=error_message)
+
