@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -11,10 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from PIL import Image
 
 from qwen_image_server.engine.demo_models import build_demo_models
@@ -91,20 +94,11 @@ class RunningServer:
     url: str
     key: str
     settings: Settings
+    app: FastAPI
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=300,
                             headers={"Authorization": f"Bearer {self.key}"})
-
-
-def start_server(settings: Settings, sock: socket.socket) -> tuple[uvicorn.Server, threading.Thread]:
-    from qwen_image_server.app import create_app
-
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    return server, thread
 
 
 def wait_until_ready(url: str) -> None:
@@ -119,23 +113,39 @@ def wait_until_ready(url: str) -> None:
     raise TimeoutError(f"server at {url} not ready after {READY_TIMEOUT_SECONDS} s")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path,
-           image_host: ImageHost) -> Iterator[RunningServer]:
+def free_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def serving(data_dir: Path, demo_models_dir: Path, sock: socket.socket, **overrides: Any) -> Iterator[RunningServer]:
+    """A real uvicorn server on loopback, in a thread of this process, until the block ends."""
+    from qwen_image_server.app import create_app
+
     port = sock.getsockname()[1]
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("server-data"), demo_models_dir=demo_models_dir, port=port,
-        fetch_allowed_hosts=[image_host.netloc], max_image_bytes=2 * MiB, max_request_bytes=8 * MiB,
-        rate_limits_enabled=False,
-    )
+    settings = Settings(data_dir=data_dir, demo_models_dir=demo_models_dir, port=port, **overrides)
     key = KeyStore(settings.database_path).create("tests")
-    uvicorn_server, thread = start_server(settings, sock)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
     url = f"http://127.0.0.1:{port}"
-    wait_until_ready(url)
-    yield RunningServer(url, key, settings)
-    uvicorn_server.should_exit = True
-    thread.join(timeout=60)
-    sock.close()
+    try:
+        wait_until_ready(url)
+        yield RunningServer(url, key, settings, app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Path,
+           image_host: ImageHost) -> Iterator[RunningServer]:
+    with serving(tmp_path_factory.mktemp("server-data"), demo_models_dir, free_socket(),
+                 fetch_allowed_hosts=[image_host.netloc], max_image_bytes=2 * MiB, max_request_bytes=8 * MiB,
+                 rate_limits_enabled=False) as running:
+        yield running
