@@ -180,7 +180,8 @@ class SqliteTaskStore:
     def release(self, task_ids: list[str], worker: str) -> None:
         if task_ids:
             self._update_owned(task_ids, worker, "state = ?, worker = NULL, lease_until = NULL, "
-                               "attempt = attempt - 1, started_at = NULL", (TaskState.PENDING,))
+                               "attempt = attempt - 1, started_at = NULL, progress_step = NULL, progress_total = NULL",
+                               (TaskState.PENDING,))
 
     def cancel(self, task_id: str, key_id: str) -> bool:
         with self._write() as db:
@@ -194,12 +195,17 @@ class SqliteTaskStore:
     def reap(self, max_attempts: int) -> tuple[int, int]:
         now = self.clock()
         with self._write() as db:
+            given_up = [row[0] for row in db.execute(
+                "SELECT task_id FROM tasks WHERE state = ? AND lease_until < ? AND attempt >= ?",
+                (TaskState.RUNNING, now, max_attempts))]
+            marks = ",".join("?" * len(given_up))
             failed = db.execute(
-                "UPDATE tasks SET state = ?, finished_at = ?, lease_until = NULL, error_code = ?, error_status = ?, "
-                "error_message = ? WHERE state = ? AND lease_until < ? AND attempt >= ?",
+                f"UPDATE tasks SET state = ?, finished_at = ?, lease_until = NULL, worker = NULL, error_code = ?, "
+                f"error_status = ?, error_message = ? WHERE task_id IN ({marks})",
                 (TaskState.FAILED, now, "InternalError", 500,
                  f"The task was interrupted {max_attempts} times (its worker stopped responding) and was given up.",
-                 TaskState.RUNNING, now, max_attempts)).rowcount
+                 *given_up)).rowcount
+            db.execute(f"DELETE FROM task_inputs WHERE task_id IN ({marks})", given_up)
             requeued = db.execute(
                 "UPDATE tasks SET state = ?, worker = NULL, lease_until = NULL, progress_step = NULL, "
                 "progress_total = NULL WHERE state = ? AND lease_until < ?",

@@ -299,7 +299,7 @@ def test_heartbeat_and_progress_with_no_tasks_do_nothing(store, clock):
 
 
 def test_task_out_of_attempts_is_failed_by_the_reaper(store, clock):
-    submit(store, clock, "t1")
+    submit(store, clock, "t1", inputs=[b"a"])
     results = []
     for _ in range(3):
         store.claim("w1", LEASE, max_batch=1)
@@ -314,6 +314,7 @@ def test_task_out_of_attempts_is_failed_by_the_reaper(store, clock):
     assert record.finished_at == clock.now
     assert store.claim("w1", LEASE, max_batch=1) == []
     assert not store.succeed("t1", "w1", ["late.png"], None)
+    assert store.inputs("t1") == [] and worker_of(store.database, "t1") is None
 
 
 def test_reap_counts_requeued_and_failed_tasks_separately(store, clock):
@@ -427,10 +428,12 @@ def test_progress_is_written_only_for_the_owner(store, clock):
 def test_release_requeues_without_spending_an_attempt(store, clock):
     submit(store, clock, "a", "b", batch_key="k")
     store.claim("w1", LEASE, max_batch=2)
+    store.progress(["a", "b"], "w1", 1, 2)
     store.release(["a", "b"], "w1")
     for task_id in ("a", "b"):
         record = store.get(task_id)
         assert (record.state, record.attempt, record.started_at) == (TaskState.PENDING, 0, None)
+        assert (record.progress_step, record.progress_total) == (None, None)
         assert worker_of(store.database, task_id) is None
     assert [record.attempt for record in store.claim("w2", LEASE, max_batch=2)] == [1, 1]
 
