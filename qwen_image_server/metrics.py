@@ -21,7 +21,8 @@ class Metrics:
                                       ["model", "state"], **common)
         self.queued_seconds = Histogram("task_queued_seconds", "From submission to a worker claiming the task",
                                         ["model"], buckets=_SECONDS_BUCKETS, **common)
-        self.running_seconds = Histogram("task_running_seconds", "From claim to result stored",
+        self.running_seconds = Histogram("task_running_seconds",
+                                         "From claim to result stored; a batched task counts its whole batch",
                                          ["model"], buckets=_SECONDS_BUCKETS, **common)
         self.images_generated = Counter("images_generated", "Images generated and stored", ["model"], **common)
         self.batch_size = Histogram("batch_size", "Tasks per pipeline call", buckets=(1, 2, 3, 4, 6, 8, 12, 16),

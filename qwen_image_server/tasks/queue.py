@@ -56,9 +56,10 @@ class TaskQueue:
         """Called before a claim, so work submitted during the claim wakes the next wait at once."""
         self._work.clear()
 
-    def task_finished(self, task_id: str, running_seconds: float | None = None) -> None:
-        if running_seconds is not None:
-            self._average_task_seconds += _AVERAGE_WEIGHT * (running_seconds - self._average_task_seconds)
+    def task_finished(self, task_id: str, engine_seconds: float | None = None) -> None:
+        """Wakes the task's waiter; ``engine_seconds`` (its share of a batch) updates the pace behind Retry-After."""
+        if engine_seconds is not None:
+            self._average_task_seconds += _AVERAGE_WEIGHT * (engine_seconds - self._average_task_seconds)
         event = self._finished.get(task_id)
         if event is not None:
             event.set()

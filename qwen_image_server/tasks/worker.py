@@ -105,7 +105,7 @@ class Worker:
         steps = max(1, batch[0].progress_total or 0)
         self.metrics.steps_per_second.labels(batch[0].model).set(steps / seconds if seconds else 0)
         for record, job, result in zip(batch, jobs, results, strict=True):
-            await self._succeed(record, job, result, seconds)
+            await self._succeed(record, job, result, seconds / len(batch))
 
     def _jobs(self, batch: list[TaskRecord]) -> list[Job]:
         jobs = []
@@ -133,10 +133,11 @@ class Worker:
 
         return report
 
-    async def _succeed(self, record: TaskRecord, job: Job, result: JobResult, seconds: float) -> None:
+    async def _succeed(self, record: TaskRecord, job: Job, result: JobResult, engine_share: float) -> None:
+        """``engine_share``: this task's part of its batch's pipeline time, which paces ``Retry-After``."""
         outputs = await asyncio.to_thread(self._store_images, record.task_id, result, job.watermark)
         if await asyncio.to_thread(self.store.succeed, record.task_id, self.name, outputs, result.actual_prompt):
-            self._finished(record, TaskState.SUCCEEDED, seconds)
+            self._finished(record, TaskState.SUCCEEDED, engine_share)
             self.metrics.images_generated.labels(record.model).inc(len(outputs))
         else:
             log.warning("task %s: lease lost before completion; its result is left to the new owner",
@@ -153,11 +154,11 @@ class Worker:
             log.info("task %s failed: %s %s", record.task_id, error.code, error.message)
             self._finished(record, TaskState.FAILED, None)
 
-    def _finished(self, record: TaskRecord, state: TaskState, seconds: float | None) -> None:
+    def _finished(self, record: TaskRecord, state: TaskState, engine_share: float | None) -> None:
         self.metrics.tasks_finished.labels(record.model, state).inc()
-        if seconds is not None:
-            self.metrics.running_seconds.labels(record.model).observe(seconds)
-        self.queue.task_finished(record.task_id, seconds)
+        if record.started_at is not None:
+            self.metrics.running_seconds.labels(record.model).observe(time.time() - record.started_at)
+        self.queue.task_finished(record.task_id, engine_share)
 
     async def _renew_leases(self, task_ids: list[str]) -> None:
         while True:
