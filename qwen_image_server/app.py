@@ -46,12 +46,11 @@ def create_app(settings: Settings) -> FastAPI:
         results = ResultStore(settings.results_dir, UrlSigner(secret), settings.base_url,
                               settings.result_ttl_seconds)
         store = SqliteTaskStore(settings.database_path)
-        queue = TaskQueue(store, settings.max_pending_tasks, settings.task_poll_seconds)
         metrics.watch_queue_depth(store.count_pending)
         limits = ImageLimits.from_settings(settings)
         runners = [EngineRunner(Engine(registry, device, settings.prompt_extend_max_new_tokens))
                    for device in Device.choose_all(settings.device, settings.cuda_devices)]
-        queue.workers = len(runners)
+        queue = TaskQueue(store, settings.max_pending_tasks, settings.task_poll_seconds, workers=len(runners))
         workers = [Worker(f"{device_label(runner)}-{index}", runner, queue, results, limits, metrics,
                           settings.task_lease_seconds, settings.max_batch_size)
                    for index, runner in enumerate(runners)]

@@ -21,11 +21,11 @@ _AVERAGE_WEIGHT = 0.2
 
 
 class TaskQueue:
-    def __init__(self, store: TaskStore, max_pending: int, poll_seconds: float) -> None:
+    def __init__(self, store: TaskStore, max_pending: int, poll_seconds: float, workers: int = 1) -> None:
         self.store = store
         self.max_pending = max_pending
         self.poll_seconds = poll_seconds
-        self.workers = 1
+        self.workers = workers
         self._work = asyncio.Event()
         self._finished: dict[str, asyncio.Event] = {}
         self._average_task_seconds = 1.0
@@ -41,7 +41,8 @@ class TaskQueue:
         self.wake_workers()
 
     def _full(self) -> Throttling:
-        wait = self._average_task_seconds * self.max_pending / max(1, self.workers)
+        """Retry-After: about when the workers, at their recent pace, will have freed a place."""
+        wait = self._average_task_seconds / max(1, self.workers)
         return Throttling(math.ceil(wait), f"Requests throttling triggered: {self.max_pending} tasks are already "
                                            "waiting. Retry after the time in the Retry-After header.")
 
