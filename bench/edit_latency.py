@@ -17,7 +17,6 @@ import argparse
 import base64
 import io
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,10 +25,10 @@ import time
 from pathlib import Path
 
 import dashscope
-import httpx
 import torch
 from diffusers import QwenImageEditPlusPipeline
 from PIL import Image
+from servers import ENVIRONMENT, JEMALLOC, free_port, wait_until_ready
 
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.engine.registry import DEMO_STEPS
@@ -45,31 +44,13 @@ def input_image() -> Image.Image:
     return Image.linear_gradient("L").resize((SIZE, SIZE)).convert("RGB")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
-ENVIRONMENT = {**os.environ, **({"LD_PRELOAD": str(JEMALLOC), "MALLOC_CONF": "dirty_decay_ms:5000,muzzy_decay_ms:5000"}
-                                 if JEMALLOC.exists() else {})}
-
-
 def start_server(data_dir: Path, demo_dir: Path, port: int) -> subprocess.Popen:
     environment = {**ENVIRONMENT, "QIS_DEMO_MODELS_DIR": str(demo_dir)}
     command = [sys.executable, "-m", "qwen_image_server", "serve", "--port", str(port), "--data-dir",
                str(data_dir), "--models", MODEL]
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise TimeoutError("server did not become ready")
+    wait_until_ready(f"http://127.0.0.1:{port}", process, timeout_seconds=600)
+    return process
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from servers import ENVIRONMENT, JEMALLOC, free_port, wait_until_ready
 
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.engine.registry import DEMO_STEPS
@@ -60,17 +60,6 @@ METRIC = "qwen_image_server_"
 READY_TIMEOUT_SECONDS = 600
 REQUEST_TIMEOUT_SECONDS = 600
 TEST_DEMO_MODELS = Path.home() / ".cache" / "qwen-image-server" / "test-demo-models"
-
-JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
-ENVIRONMENT = {**os.environ, **({"LD_PRELOAD": str(JEMALLOC), "MALLOC_CONF": "dirty_decay_ms:5000,muzzy_decay_ms:5000"}
-                                 if JEMALLOC.exists() else {})}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @dataclass
 class Server:
@@ -107,20 +96,6 @@ def start_server(name: str, max_batch: int, scratch: Path, demo_dir: Path, max_p
     with log.open("wb") as output:
         process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
     return Server(name, max_batch, process, f"http://127.0.0.1:{port}", key, log)
-
-
-def wait_until_ready(server: Server) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server {server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"server {server.name} not ready after {READY_TIMEOUT_SECONDS} s:\n{server.log_tail()}")
 
 
 def request_body(index: int, size: str) -> dict:
@@ -255,7 +230,7 @@ def main() -> None:
             for name, max_batch in (("on", arguments.batch_size or count), ("off", 1)):
                 servers.append(start_server(name, max_batch, scratch, demo_dir, max_pending))
             for server in servers:
-                wait_until_ready(server)
+                wait_until_ready(server.url, server.process, READY_TIMEOUT_SECONDS, server.log_tail)
             for server in servers:
                 sequential(server, 1, size)  # warm-up
             before = {server.name: scrape(server) for server in servers}

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import dashscope
 import httpx
 import pytest
 import uvicorn
@@ -99,6 +100,17 @@ class RunningServer:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=300,
                             headers={"Authorization": f"Bearer {self.key}"})
+
+
+@contextlib.contextmanager
+def sdk_pointed_at(url: str) -> Iterator[None]:
+    """The official SDK's documented way to use another server: its base URL, set for the block."""
+    previous = dashscope.base_http_api_url
+    dashscope.base_http_api_url = f"{url}/api/v1"
+    try:
+        yield
+    finally:
+        dashscope.base_http_api_url = previous
 
 
 def wait_until_ready(url: str) -> None:

@@ -167,15 +167,9 @@ class EngineRunner:
     def ready(self) -> bool:
         return self.engine.loaded
 
-    async def load(self, prepare: Callable[[], object] | None = None) -> None:
-        """Runs ``prepare`` (e.g. building demo models) then loads every model, on the worker thread."""
-
-        def prepare_and_load() -> None:
-            if prepare is not None:
-                prepare()
-            self.engine.load()
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, prepare_and_load)
+    async def load(self) -> None:
+        """Loads every model on the worker thread, the thread that will run them."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.load)
 
     async def run_batch(self, jobs: list[Job], on_step: StepCallback | None = None) -> list[JobResult]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.run_batch, jobs, on_step)

@@ -66,9 +66,9 @@ class Worker:
 
     async def process(self, batch: list[TaskRecord]) -> None:
         task_ids = [record.task_id for record in batch]
-        claimed = time.time()
-        for record in batch:
-            self.metrics.queued_seconds.labels(record.model).observe(claimed - record.submitted_at)
+        for record in batch:  # a claimed record's started_at is its claim time
+            if record.started_at is not None:
+                self.metrics.queued_seconds.labels(record.model).observe(record.started_at - record.submitted_at)
         self.metrics.batch_size.observe(len(batch))
         renewing = asyncio.create_task(self._renew_leases(task_ids))
         try:

@@ -9,7 +9,6 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
-import dashscope
 import httpx
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from dashscope import ImageSynthesis
 from PIL import Image
 
 from qwen_image_server.keys import KeyStore
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, sdk_pointed_at
 from tests.integration.tasks_api import (
     ASYNC,
     BLOCKING_SIZE,
@@ -36,10 +35,8 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$")
 
 @pytest.fixture(scope="module", autouse=True)
 def point_sdk_at_server(server):
-    previous = dashscope.base_http_api_url
-    dashscope.base_http_api_url = f"{server.url}/api/v1"
-    yield
-    dashscope.base_http_api_url = previous
+    with sdk_pointed_at(server.url):
+        yield
 
 
 def fetch_png(url):

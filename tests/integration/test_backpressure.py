@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-import dashscope
 import httpx
 import pytest
 from dashscope import ImageSynthesis
 
 from qwen_image_server.keys import KeyStore
 from qwen_image_server.settings import RateLimit
-from tests.conftest import free_socket, serving
+from tests.conftest import free_socket, sdk_pointed_at, serving
 from tests.integration.tasks_api import ASYNC, MODEL, MULTIMODAL, SYNTHESIS, blocking_task, wait_for
 
 MAX_PENDING = 2
@@ -56,12 +55,8 @@ def test_a_full_queue_answers_429_at_once_and_recovers(small_queue_server):
         assert time.perf_counter() - started < 2, "refusals must not wait for the queue"
         expect_429(refused, "Throttling")
         expect_429(refused_sync, "Throttling")
-        previous = dashscope.base_http_api_url
-        dashscope.base_http_api_url = f"{small_queue_server.url}/api/v1"
-        try:
+        with sdk_pointed_at(small_queue_server.url):
             sdk = ImageSynthesis.async_call(api_key=small_queue_server.key, model=MODEL, prompt="sdk", size="512*512")
-        finally:
-            dashscope.base_http_api_url = previous
         assert (sdk.status_code, sdk.code) == (429, "Throttling")
         for task_id in [blocker, *(response.json()["output"]["task_id"] for response in accepted)]:
             assert wait_for(client, task_id, {"SUCCEEDED"})

@@ -5,22 +5,19 @@ from __future__ import annotations
 import base64
 import io
 
-import dashscope
 import httpx
 import numpy as np
 import pytest
 from dashscope import MultiModalConversation
 from PIL import Image
 
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, sdk_pointed_at
 
 
 @pytest.fixture(scope="module", autouse=True)
 def point_sdk_at_server(server):
-    previous = dashscope.base_http_api_url
-    dashscope.base_http_api_url = f"{server.url}/api/v1"
-    yield
-    dashscope.base_http_api_url = previous
+    with sdk_pointed_at(server.url):
+        yield
 
 
 def call(server, model, content, **parameters):

@@ -92,12 +92,8 @@ class GenerationService:
         """The sync endpoint: a task plus a wait. The task id is the request id, so a client that lost the
         connection while its task ran can still fetch the result from ``/api/v1/tasks/{request_id}``."""
         started = time.perf_counter()
-        spec = await self._admit(request.model, key_id, TaskMode.SYNC)
-        prompt, sources = parse_messages(request.input)
-        job, inputs = await self._build_job(spec, prompt, sources, request.parameters,
-                                            request.parameters.negative_prompt)
-        await self.queue.submit(NewTask(request_id, key_id, request_id, TaskMode.SYNC, job, inputs,
-                                   job.batch_key(spec.family.batches_prompts)))
+        spec, job, inputs = await self._generation_job(request, key_id, TaskMode.SYNC)
+        await self._submit(spec, job, inputs, request_id, key_id, request_id, TaskMode.SYNC)
         record = await self.queue.wait(request_id, key_id, disconnected)
         log.info("request %s: %s, %d image(s) %dx%d, %s in %.3f s", request_id, spec.name, len(record.outputs),
                  job.width, job.height, record.state, time.perf_counter() - started)
@@ -116,10 +112,7 @@ class GenerationService:
     async def submit_generation(self, request: GenerationRequest, key_id: str,
                                 request_id: str) -> TaskCreatedResponse:
         """Our extension: the multimodal endpoint with ``X-DashScope-Async: enable`` runs edits as tasks."""
-        spec = await self._admit(request.model, key_id, TaskMode.ASYNC)
-        prompt, sources = parse_messages(request.input)
-        job, inputs = await self._build_job(spec, prompt, sources, request.parameters,
-                                            request.parameters.negative_prompt)
+        spec, job, inputs = await self._generation_job(request, key_id, TaskMode.ASYNC)
         return await self._submit_async(spec, job, inputs, key_id, request_id)
 
     async def submit_synthesis(self, request: SynthesisRequest, key_id: str, request_id: str) -> TaskCreatedResponse:
@@ -144,13 +137,25 @@ class GenerationService:
             self.rate_limiter.check_concurrency(spec.name, active)
         return spec
 
+    async def _generation_job(self, request: GenerationRequest, key_id: str,
+                              mode: TaskMode) -> tuple[ModelSpec, Job, list[bytes]]:
+        spec = await self._admit(request.model, key_id, mode)
+        prompt, sources = parse_messages(request.input)
+        job, inputs = await self._build_job(spec, prompt, sources, request.parameters,
+                                            request.parameters.negative_prompt)
+        return spec, job, inputs
+
     async def _submit_async(self, spec: ModelSpec, job: Job, inputs: list[bytes], key_id: str,
                             request_id: str) -> TaskCreatedResponse:
         task_id = str(uuid.uuid4())
-        await self.queue.submit(NewTask(task_id, key_id, request_id, TaskMode.ASYNC, job, inputs,
-                                   job.batch_key(spec.family.batches_prompts)))
+        await self._submit(spec, job, inputs, task_id, key_id, request_id, TaskMode.ASYNC)
         return TaskCreatedResponse(output=TaskCreatedOutput(task_id=task_id, task_status=TaskState.PENDING),
                                    request_id=request_id)
+
+    async def _submit(self, spec: ModelSpec, job: Job, inputs: list[bytes], task_id: str, key_id: str,
+                      request_id: str, mode: TaskMode) -> None:
+        await self.queue.submit(NewTask(task_id, key_id, request_id, mode, job, inputs,
+                                        job.batch_key(spec.family.batches_prompts)))
 
     async def _build_job(self, spec: ModelSpec, prompt: str, sources: list[str], parameters: Parameters,
                          negative_prompt: str | None) -> tuple[Job, list[bytes]]:

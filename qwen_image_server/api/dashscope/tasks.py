@@ -24,7 +24,7 @@ from qwen_image_server.api.dashscope.protocol import (
 )
 from qwen_image_server.errors import InvalidParameter, UnsupportedOperation
 from qwen_image_server.media.storage import ResultStore
-from qwen_image_server.tasks.models import TaskFilter, TaskRecord, TaskState
+from qwen_image_server.tasks.models import TaskFilter, TaskPage, TaskRecord, TaskState
 from qwen_image_server.tasks.store import TaskStore
 
 BEIJING = timezone(timedelta(hours=8), "UTC+8")
@@ -116,9 +116,10 @@ class TaskViews:
         since = parse_list_time(start_time, "start_time")
         query = TaskFilter(key_id=key_id, model=model_name, state=state, submitted_from=max(since or oldest, oldest),
                            submitted_to=parse_list_time(end_time, "end_time"), page_no=page_no, page_size=page_size)
-        page = await asyncio.to_thread(self.store.list, query)
         if api_key_id is not None and api_key_id != key_id:
-            page.total, page.records = 0, []
+            page = TaskPage(total=0, records=[])  # another key's tasks are never visible
+        else:
+            page = await asyncio.to_thread(self.store.list, query)
         return TaskListResponse(
             request_id=request_id, total=page.total, total_page=max(1, math.ceil(page.total / page_size)),
             page_no=page_no, page_size=page_size,
