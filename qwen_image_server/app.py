@@ -1,5 +1,5 @@
-"""The app factory: the lifespan owns the engines and their workers, the task store and queue, the key and
-result stores and the HTTP client, and stops them in order."""
+"""The app factory: the lifespan owns the engines and their workers, the task store and queue, the key,
+result and upload stores and the HTTP client, and stops them in order."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from qwen_image_server.api.context import RequestContextMiddleware
 from qwen_image_server.api.dashscope import routes as dashscope_routes
 from qwen_image_server.api.dashscope.service import GenerationService
 from qwen_image_server.api.dashscope.tasks import TaskViews
+from qwen_image_server.api.dashscope.uploads import UploadService
 from qwen_image_server.api.errors import install_error_handlers
 from qwen_image_server.api.limits import RateLimiter
 from qwen_image_server.engine.demo_models import build_demo_models
@@ -24,7 +25,8 @@ from qwen_image_server.engine.registry import load_registry
 from qwen_image_server.keys import KeyStore
 from qwen_image_server.media.fetch import ImageFetcher
 from qwen_image_server.media.images import ImageLimits
-from qwen_image_server.media.storage import ResultStore, UrlSigner, load_or_create_secret
+from qwen_image_server.media.storage import ResultStore, UrlSigner, load_or_create_secret, remove_expired_periodically
+from qwen_image_server.media.uploads import UploadStore
 from qwen_image_server.metrics import Metrics
 from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.queue import TaskQueue
@@ -45,6 +47,9 @@ def create_app(settings: Settings) -> FastAPI:
                   else load_or_create_secret(settings.data_dir / "url-signing.key"))
         results = ResultStore(settings.results_dir, UrlSigner(secret), settings.base_url,
                               settings.result_ttl_seconds)
+        uploads = UploadStore(settings.uploads_dir, settings.database_path, secret,
+                              ttl_seconds=settings.upload_ttl_seconds, policy_seconds=settings.upload_policy_seconds,
+                              max_bytes=settings.max_image_bytes)
         store = SqliteTaskStore(settings.database_path)
         metrics.watch_queue_depth(store.count_pending)
         limits = ImageLimits.from_settings(settings)
@@ -58,12 +63,14 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.registry = registry
         app.state.keys = KeyStore(settings.database_path)
         app.state.results = results
+        app.state.uploads = uploads
         app.state.runners = runners
         app.state.metrics = metrics
         app.state.generation = GenerationService(
-            registry, queue, fetcher, limits, results,
+            registry, queue, fetcher, limits, results, uploads,
             RateLimiter(settings.rate_limits, settings.rate_limits_enabled),
             lambda: all(runner.ready for runner in runners))
+        app.state.upload_service = UploadService(uploads, registry, limits, settings.base_url)
         app.state.task_views = TaskViews(store, results, settings.result_ttl_seconds)
         prepare = (lambda: build_demo_models(settings.demo_models_dir)) if settings.preset == "demo" else None
         background = [
@@ -71,7 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
             *(asyncio.create_task(worker.run_forever()) for worker in workers),
             asyncio.create_task(maintain_periodically(queue, settings.task_max_attempts,
                                                       settings.result_ttl_seconds, settings.task_lease_seconds / 2)),
-            asyncio.create_task(results.remove_expired_periodically(settings.cleanup_interval_seconds)),
+            asyncio.create_task(remove_expired_periodically(results, settings.cleanup_interval_seconds, "results")),
+            asyncio.create_task(remove_expired_periodically(uploads, settings.cleanup_interval_seconds, "uploads")),
         ]
         try:
             yield

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     result_ttl_seconds: int = Field(24 * 3600, gt=0)
     cleanup_interval_seconds: float = Field(600.0, gt=0)
     url_signing_secret: str | None = None
+    upload_ttl_seconds: int = Field(48 * 3600, gt=0)  # the SDK's temporary oss:// files, as hosted
+    upload_policy_seconds: int = Field(300, gt=0)
 
     # Tasks and queue
     max_pending_tasks: int = Field(64, ge=1)
@@ -98,6 +100,10 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
     @property
     def database_path(self) -> Path:

@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from pathlib import Path
+from typing import Protocol
 
 from qwen_image_server.errors import ResultNotFound
 
@@ -97,10 +98,15 @@ class ResultStore:
                 removed += 1
         return removed
 
-    async def remove_expired_periodically(self, interval_seconds: float) -> None:
-        """Runs ``remove_expired`` every ``interval_seconds``, off the event loop, until cancelled."""
-        while True:
-            removed = await asyncio.to_thread(self.remove_expired)
-            if removed:
-                log.info("removed %d expired result files", removed)
-            await asyncio.sleep(interval_seconds)
+
+class Expiring(Protocol):
+    def remove_expired(self) -> int: ...
+
+
+async def remove_expired_periodically(store: Expiring, interval_seconds: float, what: str) -> None:
+    """Runs ``store.remove_expired`` every ``interval_seconds``, off the event loop, until cancelled."""
+    while True:
+        removed = await asyncio.to_thread(store.remove_expired)
+        if removed:
+            log.info("removed %d expired %s", removed, what)
+        await asyncio.sleep(interval_seconds)

@@ -5,7 +5,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from qwen_image_server.errors import ResultNotFound
-from qwen_image_server.media.storage import ResultStore, UrlSigner, load_or_create_secret
+from qwen_image_server.media.storage import ResultStore, UrlSigner, load_or_create_secret, remove_expired_periodically
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -89,7 +89,7 @@ def test_periodic_clean_up_runs_until_cancelled(store):
     old = store.directory / f"{KEY}-0.png"
 
     async def scenario():
-        task = asyncio.create_task(store.remove_expired_periodically(0.01))
+        task = asyncio.create_task(remove_expired_periodically(store, 0.01, "results"))
         for _ in range(500):
             if not old.exists():
                 break

@@ -173,6 +173,33 @@ class CancelResponse(BaseModel):
     request_id: str
 
 
+class UploadPolicy(BaseModel):
+    """The upload credential, with the keys the SDK reads (spec §4.5) and the hosted API's extras."""
+
+    policy: str
+    signature: str
+    upload_dir: str
+    upload_host: str
+    expire_in_seconds: int
+    max_file_size_mb: int
+    capacity_limit_mb: int
+    oss_access_key_id: str
+    x_oss_object_acl: str
+    x_oss_forbid_overwrite: str
+
+
+class UploadPolicyResponse(BaseModel):
+    data: UploadPolicy
+    request_id: str
+
+
+class UploadedResponse(BaseModel):
+    """Our answer to the form upload (OSS answers an empty 200): the reference to put in a request."""
+
+    url: str
+    request_id: str
+
+
 class ErrorResponse(BaseModel):
     request_id: str
     code: str
@@ -180,5 +207,5 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 500, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 429, 500, 503)
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Form, Header, Request, UploadFile
 
 from qwen_image_server.api.auth import ApiKey
 from qwen_image_server.api.dashscope.protocol import (
@@ -16,11 +16,15 @@ from qwen_image_server.api.dashscope.protocol import (
     TaskCreatedResponse,
     TaskListResponse,
     TaskResponse,
+    UploadedResponse,
+    UploadPolicyResponse,
 )
-from qwen_image_server.api.dashscope.service import GenerationService
+from qwen_image_server.api.dashscope.service import GenerationService, wants_oss_resolve
 from qwen_image_server.api.dashscope.tasks import TaskViews
+from qwen_image_server.api.dashscope.uploads import UploadService
 from qwen_image_server.api.errors import request_id_of
 from qwen_image_server.errors import AccessDenied
+from qwen_image_server.media.uploads import UploadForm
 
 router = APIRouter(prefix="/api/v1", tags=["DashScope"])
 
@@ -33,9 +37,15 @@ def get_task_views(request: Request) -> TaskViews:
     return request.app.state.task_views
 
 
+def get_upload_service(request: Request) -> UploadService:
+    return request.app.state.upload_service
+
+
 Service = Annotated[GenerationService, Depends(get_service)]
 Tasks = Annotated[TaskViews, Depends(get_task_views)]
+Uploads = Annotated[UploadService, Depends(get_upload_service)]
 AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async")]
+OssResolveHeader = Annotated[str | None, Header(alias="X-DashScope-OssResourceResolve")]
 
 
 def wants_async(header: str | None) -> bool:
@@ -46,10 +56,12 @@ def wants_async(header: str | None) -> bool:
              response_model=GenerationResponse | TaskCreatedResponse, responses=ERROR_RESPONSES,
              summary="Edit images or generate from text; as a task with X-DashScope-Async: enable (our extension)")
 async def multimodal_generation(body: GenerationRequest, request: Request, key_id: ApiKey, service: Service,
-                                x_dashscope_async: AsyncHeader = None) -> GenerationResponse | TaskCreatedResponse:
+                                x_dashscope_async: AsyncHeader = None, x_dashscope_ossresourceresolve:
+                                OssResolveHeader = None) -> GenerationResponse | TaskCreatedResponse:
+    resolve_oss = wants_oss_resolve(x_dashscope_ossresourceresolve)
     if wants_async(x_dashscope_async):
-        return await service.submit_generation(body, key_id, request_id_of(request))
-    return await service.generate(body, key_id, request_id_of(request), request.is_disconnected)
+        return await service.submit_generation(body, key_id, request_id_of(request), resolve_oss)
+    return await service.generate(body, key_id, request_id_of(request), resolve_oss, request.is_disconnected)
 
 
 @router.post("/services/aigc/text2image/image-synthesis", response_model=TaskCreatedResponse,
@@ -81,3 +93,23 @@ async def list_tasks(request: Request, key_id: ApiKey, tasks: Tasks, page_no: in
     return await tasks.list(key_id, request_id_of(request), page_no=page_no, page_size=page_size,
                             model_name=model_name, status=status, start_time=start_time, end_time=end_time,
                             api_key_id=api_key_id)
+
+
+@router.get("/uploads", response_model=UploadPolicyResponse, responses=ERROR_RESPONSES,
+            summary="A signed policy for uploading a temporary file (what the SDK does with local paths)")
+async def upload_policy(action: str, model: str, request: Request, key_id: ApiKey,
+                        uploads: Uploads) -> UploadPolicyResponse:
+    return uploads.policy(action, model, key_id, request_id_of(request))
+
+
+@router.post("/uploads", response_model=UploadedResponse, responses=ERROR_RESPONSES,
+             summary="OSS-style form upload of a temporary file; the signed policy stands in for the API key")
+async def upload_file(
+    request: Request, uploads: Uploads, file: UploadFile,
+    key: Annotated[str, Form()], policy: Annotated[str, Form()], signature: Annotated[str, Form(alias="Signature")],
+    access_key_id: Annotated[str, Form(alias="OSSAccessKeyId")],
+    object_acl: Annotated[str | None, Form(alias="x-oss-object-acl")] = None,
+    forbid_overwrite: Annotated[str | None, Form(alias="x-oss-forbid-overwrite")] = None,
+) -> UploadedResponse:
+    form = UploadForm(key, policy, signature, access_key_id, object_acl, forbid_overwrite)
+    return await uploads.upload(form, await file.read(), request_id_of(request))

@@ -12,6 +12,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from qwen_image_server.api.dashscope.protocol import (
     Choice,
@@ -32,6 +33,7 @@ from qwen_image_server.errors import InvalidParameter, InvalidURL, ModelUnavaila
 from qwen_image_server.media.fetch import ImageFetcher
 from qwen_image_server.media.images import ImageLimits, decode_image, parse_data_uri
 from qwen_image_server.media.storage import ResultStore
+from qwen_image_server.media.uploads import OSS_SCHEME, UploadStore
 from qwen_image_server.tasks.models import Job, NewTask, TaskMode, TaskRecord, TaskState
 from qwen_image_server.tasks.queue import TaskQueue
 
@@ -68,6 +70,20 @@ def parse_messages(payload: Input) -> tuple[str, list[str]]:
     return texts[0], images
 
 
+@dataclass(frozen=True)
+class InputScope:
+    """Whose ``oss://`` uploads a request may read: the caller's, for its model, and only when it asked
+    with ``X-DashScope-OssResourceResolve: enable`` (the SDK adds it whenever it uploaded a file)."""
+
+    key_id: str
+    model: str
+    resolve_oss: bool
+
+
+def wants_oss_resolve(header: str | None) -> bool:
+    return (header or "").strip().lower() == "enable"
+
+
 def check_seed(seed: int | None) -> int:
     if seed is None:
         return secrets.randbelow(MAX_SEED + 1)
@@ -78,21 +94,23 @@ def check_seed(seed: int | None) -> int:
 
 class GenerationService:
     def __init__(self, registry: ModelRegistry, queue: TaskQueue, fetcher: ImageFetcher, limits: ImageLimits,
-                 results: ResultStore, rate_limiter: RateLimiter, engines_ready: Callable[[], bool]) -> None:
+                 results: ResultStore, uploads: UploadStore, rate_limiter: RateLimiter,
+                 engines_ready: Callable[[], bool]) -> None:
         self.registry = registry
         self.queue = queue
         self.fetcher = fetcher
         self.limits = limits
         self.results = results
+        self.uploads = uploads
         self.rate_limiter = rate_limiter
         self.engines_ready = engines_ready
 
-    async def generate(self, request: GenerationRequest, key_id: str, request_id: str,
+    async def generate(self, request: GenerationRequest, key_id: str, request_id: str, resolve_oss: bool,
                        disconnected: Disconnected) -> GenerationResponse:
         """The sync endpoint: a task plus a wait. The task id is the request id, so a client that lost the
         connection while its task ran can still fetch the result from ``/api/v1/tasks/{request_id}``."""
         started = time.perf_counter()
-        spec, job, inputs = await self._generation_job(request, key_id, TaskMode.SYNC)
+        spec, job, inputs = await self._generation_job(request, key_id, resolve_oss, TaskMode.SYNC)
         await self._submit(spec, job, inputs, request_id, key_id, request_id, TaskMode.SYNC)
         record = await self.queue.wait(request_id, key_id, disconnected)
         log.info("request %s: %s, %d image(s) %dx%d, %s in %.3f s", request_id, spec.name, len(record.outputs),
@@ -109,10 +127,10 @@ class GenerationService:
             request_id=request_id,
         )
 
-    async def submit_generation(self, request: GenerationRequest, key_id: str,
-                                request_id: str) -> TaskCreatedResponse:
+    async def submit_generation(self, request: GenerationRequest, key_id: str, request_id: str,
+                                resolve_oss: bool) -> TaskCreatedResponse:
         """Our extension: the multimodal endpoint with ``X-DashScope-Async: enable`` runs edits as tasks."""
-        spec, job, inputs = await self._generation_job(request, key_id, TaskMode.ASYNC)
+        spec, job, inputs = await self._generation_job(request, key_id, resolve_oss, TaskMode.ASYNC)
         return await self._submit_async(spec, job, inputs, key_id, request_id)
 
     async def submit_synthesis(self, request: SynthesisRequest, key_id: str, request_id: str) -> TaskCreatedResponse:
@@ -124,7 +142,8 @@ class GenerationService:
         if prompt is None or not prompt.strip():
             raise InvalidParameter("Required parameter input.prompt is missing or empty.")
         negative_prompt = request.input.negative_prompt or request.parameters.negative_prompt
-        job, inputs = await self._build_job(spec, prompt, [], request.parameters, negative_prompt)
+        job, inputs = await self._build_job(spec, prompt, [], InputScope(key_id, spec.name, False),
+                                            request.parameters, negative_prompt)
         return await self._submit_async(spec, job, inputs, key_id, request_id)
 
     async def _admit(self, model: str, key_id: str, mode: TaskMode) -> ModelSpec:
@@ -137,12 +156,12 @@ class GenerationService:
             self.rate_limiter.check_concurrency(spec.name, active)
         return spec
 
-    async def _generation_job(self, request: GenerationRequest, key_id: str,
+    async def _generation_job(self, request: GenerationRequest, key_id: str, resolve_oss: bool,
                               mode: TaskMode) -> tuple[ModelSpec, Job, list[bytes]]:
         spec = await self._admit(request.model, key_id, mode)
         prompt, sources = parse_messages(request.input)
-        job, inputs = await self._build_job(spec, prompt, sources, request.parameters,
-                                            request.parameters.negative_prompt)
+        job, inputs = await self._build_job(spec, prompt, sources, InputScope(key_id, spec.name, resolve_oss),
+                                            request.parameters, request.parameters.negative_prompt)
         return spec, job, inputs
 
     async def _submit_async(self, spec: ModelSpec, job: Job, inputs: list[bytes], key_id: str,
@@ -157,14 +176,14 @@ class GenerationService:
         await self.queue.submit(NewTask(task_id, key_id, request_id, mode, job, inputs,
                                         job.batch_key(spec.family.batches_prompts)))
 
-    async def _build_job(self, spec: ModelSpec, prompt: str, sources: list[str], parameters: Parameters,
-                         negative_prompt: str | None) -> tuple[Job, list[bytes]]:
+    async def _build_job(self, spec: ModelSpec, prompt: str, sources: list[str], scope: InputScope,
+                         parameters: Parameters, negative_prompt: str | None) -> tuple[Job, list[bytes]]:
         spec.rules.check_image_count(len(sources))
         n = 1 if parameters.n is None else parameters.n
         spec.rules.check_n(n)
         seed = check_seed(parameters.seed)
         await self.queue.check_capacity()
-        inputs = await self.load_inputs(sources)
+        inputs = await self.load_inputs(sources, scope)
         width, height = spec.rules.output_size(parameters.size, inputs[-1][1] if inputs else None,
                                                spec.family.output_multiple)
         job = Job(
@@ -175,20 +194,22 @@ class GenerationService:
         )
         return job, [data for data, _size in inputs]
 
-    async def load_inputs(self, sources: list[str]) -> list[tuple[bytes, tuple[int, int]]]:
-        return list(await asyncio.gather(*(self.load_input(source) for source in sources)))
+    async def load_inputs(self, sources: list[str], scope: InputScope) -> list[tuple[bytes, tuple[int, int]]]:
+        return list(await asyncio.gather(*(self.load_input(source, scope) for source in sources)))
 
-    async def load_input(self, source: str) -> tuple[bytes, tuple[int, int]]:
+    async def load_input(self, source: str, scope: InputScope) -> tuple[bytes, tuple[int, int]]:
         """An input image's bytes (what the task stores) and its size, once checked to decode within limits."""
         if source.startswith("data:"):
             data = parse_data_uri(source, self.limits)
         elif source.startswith(("http://", "https://")):
             data = await self.fetcher.fetch(source)
-        elif source.startswith("oss://"):
-            raise InvalidParameter("The provided URL does not appear to be valid: oss:// temporary URLs "
-                                   "(the SDK's local-file upload) are not supported by this server yet.")
+        elif source.startswith(OSS_SCHEME):
+            if not scope.resolve_oss:
+                raise InvalidParameter("The provided URL does not appear to be valid. Ensure it is correctly "
+                                       "formatted: oss:// URLs need the header X-DashScope-OssResourceResolve: enable.")
+            data = await asyncio.to_thread(self.uploads.resolve, source, scope.key_id, scope.model)
         else:
-            raise InvalidURL("Image items must be http(s) URLs or data: URIs.")
+            raise InvalidURL("Image items must be http(s) URLs, data: URIs or oss:// temporary URLs.")
         image = await asyncio.to_thread(decode_image, data, self.limits)
         return data, image.size
 
