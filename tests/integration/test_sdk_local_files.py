@@ -106,3 +106,13 @@ def test_sdk_v2_client_generates_through_the_task_api(server):
     [url] = job.image_urls
     reply = httpx.get(url, timeout=30)
     assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
+
+
+def test_sdk_v2_async_client_generates_through_the_task_api(server):
+    async def generate():
+        async with dashscope.AsyncClient(api_key=server.key, base_url=f"{server.url}/api/v1") as client:
+            return await client.images.generate(model="qwen-image-2.0", prompt="a red kite", size="512x512",
+                                                prompt_extend=False, timeout=120)
+
+    job = asyncio.run(generate())
+    assert job.succeeded and len(job.image_urls) == 1
