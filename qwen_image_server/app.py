@@ -14,10 +14,11 @@ from qwen_image_server.api import files, health
 from qwen_image_server.api import metrics as metrics_routes
 from qwen_image_server.api.context import RequestContextMiddleware
 from qwen_image_server.api.dashscope import routes as dashscope_routes
-from qwen_image_server.api.dashscope.service import GenerationService
+from qwen_image_server.api.dashscope.service import DashScopeService
 from qwen_image_server.api.dashscope.tasks import TaskViews
 from qwen_image_server.api.errors import install_error_handlers
 from qwen_image_server.api.limits import RateLimiter
+from qwen_image_server.api.submissions import GenerationService
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.engine.engine import Device, Engine, EngineRunner
 from qwen_image_server.engine.registry import load_registry
@@ -60,10 +61,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.results = results
         app.state.runners = runners
         app.state.metrics = metrics
-        app.state.generation = GenerationService(
+        generation = GenerationService(
             registry, queue, fetcher, limits, results,
             RateLimiter(settings.rate_limits, settings.rate_limits_enabled),
             lambda: all(runner.ready for runner in runners))
+        app.state.dashscope = DashScopeService(generation)
         app.state.task_views = TaskViews(store, results, settings.result_ttl_seconds)
         prepare = (lambda: build_demo_models(settings.demo_models_dir)) if settings.preset == "demo" else None
         background = [

@@ -15,7 +15,6 @@ from qwen_image_server.errors import InvalidParameter
 SizeRule = Literal["sides", "area", "fixed", "auto"]
 Size = tuple[int, int]
 
-_SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*\*\s*(\d{1,5})\s*$")
 EDIT_TARGET_PIXELS = 1024 * 1024
 FIXED_T2I_SIZES: tuple[Size, ...] = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664))
 
@@ -48,10 +47,17 @@ class ModelRules:
         if not 1 <= n <= self.n_max:
             raise InvalidParameter(f"Parameter n must be between 1 and {self.n_max}.")
 
-    def output_size(self, requested: str | None, last_image_size: Size | None, multiple: int) -> Size:
+    def requested_size(self, text: str | None, separator: str = "*") -> Size | None:
+        """The parsed ``size``; None when absent or when this model's size is not customisable (then the
+        hosted API ignores it, whatever it holds)."""
+        if text is None or self.size_rule == "auto":
+            return None
+        return parse_size(text, separator)
+
+    def output_size(self, requested: Size | None, last_image_size: Size | None, multiple: int) -> Size:
         """The output (width, height): the requested size checked and rounded, else the model default."""
         if requested is not None and self.size_rule != "auto":
-            width, height = parse_size(requested)
+            width, height = requested
             self._check_size(width, height)
             if self.size_rule == "fixed":
                 return width, height
@@ -76,10 +82,11 @@ class ModelRules:
             )
 
 
-def parse_size(text: str) -> Size:
-    match = _SIZE_PATTERN.match(text)
+def parse_size(text: str, separator: str = "*") -> Size:
+    """``W*H`` as the hosted API writes sizes; OpenAI's ``WxH`` with ``separator="x"``."""
+    match = re.fullmatch(rf"\s*(\d{{1,5}})\s*{re.escape(separator)}\s*(\d{{1,5}})\s*", text)
     if match is None:
-        raise InvalidParameter("Parameter size must look like '1024*1024' (width*height).")
+        raise InvalidParameter(f"Parameter size must look like '1024{separator}1024' (width{separator}height).")
     width, height = int(match.group(1)), int(match.group(2))
     if width == 0 or height == 0:
         raise InvalidParameter("Parameter size must have a positive width and height.")

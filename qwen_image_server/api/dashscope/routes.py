@@ -17,7 +17,7 @@ from qwen_image_server.api.dashscope.protocol import (
     TaskListResponse,
     TaskResponse,
 )
-from qwen_image_server.api.dashscope.service import GenerationService
+from qwen_image_server.api.dashscope.service import DashScopeService
 from qwen_image_server.api.dashscope.tasks import TaskViews
 from qwen_image_server.api.errors import request_id_of
 from qwen_image_server.errors import AccessDenied
@@ -25,15 +25,15 @@ from qwen_image_server.errors import AccessDenied
 router = APIRouter(prefix="/api/v1", tags=["DashScope"])
 
 
-def get_service(request: Request) -> GenerationService:
-    return request.app.state.generation
+def get_service(request: Request) -> DashScopeService:
+    return request.app.state.dashscope
 
 
 def get_task_views(request: Request) -> TaskViews:
     return request.app.state.task_views
 
 
-Service = Annotated[GenerationService, Depends(get_service)]
+Service = Annotated[DashScopeService, Depends(get_service)]
 Tasks = Annotated[TaskViews, Depends(get_task_views)]
 AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async")]
 
