@@ -45,6 +45,7 @@ class JobRequest:
     mask: bytes | None = None
     n: int | None = None
     size: Size | None = None
+    size_separator: str = "*"  # how the surface writes sizes (W*H, WxH), for error messages
     seed: int | None = None
     negative_prompt: str | None = None
     prompt_extend: bool = True
@@ -126,7 +127,8 @@ class GenerationService:
         await self.queue.check_capacity()
         inputs = await self.load_inputs(request.images)
         last_size = inputs[-1][1] if inputs else None
-        width, height = spec.rules.output_size(request.size, last_size, spec.family.output_multiple)
+        width, height = spec.rules.output_size(request.size, last_size, spec.family.output_multiple,
+                                               request.size_separator)
         job = Job(
             model=spec.name, prompt=request.prompt, width=width, height=height, seed=seed, n=n,
             negative_prompt=(request.negative_prompt or "")[:NEGATIVE_PROMPT_LIMIT] or None,

@@ -152,14 +152,19 @@ def test_unknown_and_missing_models_list_the_served_names(client):
                  param="model")
 
 
-@pytest.mark.parametrize("size, message", [("512*512", "1024x1024"), ("64x64", "total pixels")])
-def test_bad_sizes(client, size, message):
-    expect_error(openai.BadRequestError, message, lambda: client.images.generate(model=T2I, prompt="x", size=size))
+@pytest.mark.parametrize("model, size, message", [
+    (T2I, "512*512", "must look like '1024x1024'"), (T2I, "64x64", "512x512 to 2048x2048"),
+    ("qwen-image", "1024x1024", "one of 1664x928, 1472x1104")])
+def test_bad_sizes_are_explained_in_openai_notation(client, model, size, message):
+    expect_error(openai.BadRequestError, message, lambda: client.images.generate(model=model, prompt="x", size=size),
+                 param="size")
 
 
 def test_bad_parameters_are_invalid_requests_naming_the_parameter(client):
     expect_error(openai.BadRequestError, "n must be between 1 and 6",
-                 lambda: client.images.generate(model=T2I, prompt="x", size="512x512", n=7))
+                 lambda: client.images.generate(model=T2I, prompt="x", size="512x512", n=7), param="n")
+    expect_error(openai.BadRequestError, "blank", lambda: client.images.generate(model=T2I, prompt="  "),
+                 param="prompt")
     expect_error(openai.BadRequestError, "response_format", lambda: client.images.generate(
         model=T2I, prompt="x", extra_body={"response_format": "gif"}), param="response_format")
     expect_error(openai.BadRequestError, "jpeg and webp", lambda: client.images.generate(
@@ -170,7 +175,8 @@ def test_bad_parameters_are_invalid_requests_naming_the_parameter(client):
 
 def test_too_many_images(client):
     expect_error(openai.BadRequestError, "1 to 3 image(s); got 4", lambda: client.images.edit(
-        model="qwen-image-edit-plus", image=[upload(f"{i}.png", (64, 64)) for i in range(4)], prompt="x"))
+        model="qwen-image-edit-plus", image=[upload(f"{i}.png", (64, 64)) for i in range(4)], prompt="x"),
+        param="image")
 
 
 def test_an_edit_needs_an_image_that_decodes(client):

@@ -75,9 +75,12 @@ def job_request(spec: ModelSpec, request: ImageOptions, images: list[ImageSource
     if request.output_compression is not None and output_format == "png":
         raise InvalidParameter("output_compression applies to the jpeg and webp output formats only.",
                                param="output_compression")
+    if not request.prompt.strip():
+        raise InvalidParameter("Parameter prompt must not be blank.", param="prompt")
     size = None if request.size in (None, "auto") else spec.rules.requested_size(request.size, "x")
     return JobRequest(
-        prompt=request.prompt, images=images, mask=mask, n=request.n, size=size, seed=request.seed,
+        prompt=request.prompt, images=images, mask=mask, n=request.n, size=size, size_separator="x",
+        seed=request.seed,
         negative_prompt=request.negative_prompt, prompt_extend=bool(request.prompt_extend),
         output_format=output_format, output_quality=request.output_compression,
     )
