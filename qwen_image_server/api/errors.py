@@ -60,9 +60,8 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = error.errors()
     if any(problem.get("type") == "json_invalid" for problem in problems):
-        message = "Required body invalid, please check the request body format."
-    else:
-        message = "; ".join(_describe(problem) for problem in problems[:5])
+        return _answer(request, 400, "InvalidParameter", "Required body invalid, please check the request body format.")
+    message = "; ".join(_describe(problem) for problem in problems[:5])
     return _answer(request, 400, "InvalidParameter", message, param=_location(problems[0]) if problems else None)
 
 
