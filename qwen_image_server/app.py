@@ -14,11 +14,14 @@ from qwen_image_server.api import files, health
 from qwen_image_server.api import metrics as metrics_routes
 from qwen_image_server.api.context import RequestContextMiddleware
 from qwen_image_server.api.dashscope import routes as dashscope_routes
-from qwen_image_server.api.dashscope.service import GenerationService
+from qwen_image_server.api.dashscope.service import DashScopeService
 from qwen_image_server.api.dashscope.tasks import TaskViews
 from qwen_image_server.api.dashscope.uploads import UploadService
 from qwen_image_server.api.errors import install_error_handlers
 from qwen_image_server.api.limits import RateLimiter
+from qwen_image_server.api.openai import routes as openai_routes
+from qwen_image_server.api.openai.service import OpenAIImagesService
+from qwen_image_server.api.submissions import GenerationService
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.engine.engine import Device, Engine, EngineRunner
 from qwen_image_server.engine.registry import load_registry
@@ -66,10 +69,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.uploads = uploads
         app.state.runners = runners
         app.state.metrics = metrics
-        app.state.generation = GenerationService(
+        generation = GenerationService(
             registry, queue, fetcher, limits, results, uploads,
             RateLimiter(settings.rate_limits, settings.rate_limits_enabled),
             lambda: all(runner.ready for runner in runners))
+        app.state.dashscope = DashScopeService(generation)
+        app.state.openai_images = OpenAIImagesService(generation)
         app.state.upload_service = UploadService(uploads, registry, limits, settings.base_url)
         app.state.task_views = TaskViews(store, results, settings.result_ttl_seconds)
         prepare = (lambda: build_demo_models(settings.demo_models_dir)) if settings.preset == "demo" else None
@@ -92,11 +97,12 @@ def create_app(settings: Settings) -> FastAPI:
                 runner.close()
 
     app = FastAPI(title="qwen-image-server", version="0.1.0", lifespan=lifespan,
-                  description="Qwen-Image editing and generation behind the DashScope HTTP API.")
+                  description="Qwen-Image editing and generation behind the DashScope and OpenAI images APIs.")
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(metrics_routes.RequestMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
     app.include_router(dashscope_routes.router)
+    app.include_router(openai_routes.router)
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """Base class: ``code`` and ``status`` follow the hosted API's error table."""
+    """Base class: ``code`` and ``status`` follow the hosted API's error table.
+
+    ``param`` names the request parameter at fault, where known; OpenAI's error shape carries it.
+    """
 
     code = "InternalError"
     status = 500
     default_message = "An internal error has occurred, please try again later."
 
-    def __init__(self, message: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str | None = None, headers: dict[str, str] | None = None,
+                 param: str | None = None) -> None:
         self.message = message or self.default_message
         self.headers = headers or {}
+        self.param = param
         super().__init__(self.message)
 
 

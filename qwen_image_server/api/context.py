@@ -29,7 +29,8 @@ class RequestContextMiddleware:
         if body is None:
             state["error_code"] = "BadRequest.TooLarge"
             response = error_response(request_id, 413, "BadRequest.TooLarge",
-                                      f"Payload Too Large: the body limit is {self.max_body_bytes} bytes.")
+                                      f"Payload Too Large: the body limit is {self.max_body_bytes} bytes.",
+                                      path=scope["path"])
             await response(scope, receive, send)
             return
 

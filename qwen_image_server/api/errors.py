@@ -1,4 +1,8 @@
-"""Every error leaves the server here, in the hosted API's shape: ``{request_id, code, message}``."""
+"""Every error leaves the server here, in the shape of the API surface its path belongs to.
+
+DashScope paths answer the hosted API's ``{request_id, code, message}``; OpenAI paths (``/v1/...``) answer
+OpenAI's ``{"error": {message, type, param, code}}``, with our error codes in ``code``.
+"""
 
 from __future__ import annotations
 
@@ -15,40 +19,58 @@ log = logging.getLogger(__name__)
 
 _HTTP_CODES = {404: "NotFound", 405: "MethodNotAllowed", 413: "BadRequest.TooLarge"}
 
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                 429: "rate_limit_error"}
 
-def error_response(request_id: str, status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"request_id": request_id, "code": code, "message": message}
+
+def error_response(request_id: str, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   path: str = "", param: str | None = None) -> JSONResponse:
+    """The error JSON for a request to ``path``; ``param`` (the parameter at fault) only OpenAI's shape carries."""
+    body: dict[str, object]
+    if path.startswith(OPENAI_PREFIX):
+        body = {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": code}}
+    else:
+        body = {"request_id": request_id, "code": code, "message": message}
     return JSONResponse(body, status_code=status, headers={"x-request-id": request_id, **(headers or {})})
+
+
+def openai_error_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return _OPENAI_TYPES.get(status, "invalid_request_error")
 
 
 def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
-def _answer(request: Request, status: int, code: str, message: str,
-            headers: dict[str, str] | None = None) -> JSONResponse:
+def _answer(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+            param: str | None = None) -> JSONResponse:
     request.state.error_code = code  # for the request metrics
-    return error_response(request_id_of(request), status, code, message, headers)
+    return error_response(request_id_of(request), status, code, message, headers, request.url.path, param)
 
 
 async def _service_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
-    return _answer(request, error.status, error.code, error.message, error.headers)
+    return _answer(request, error.status, error.code, error.message, error.headers, error.param)
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = error.errors()
     if any(problem.get("type") == "json_invalid" for problem in problems):
-        message = "Required body invalid, please check the request body format."
-    else:
-        message = "; ".join(_describe(problem) for problem in problems[:5])
-    return _answer(request, 400, "InvalidParameter", message)
+        return _answer(request, 400, "InvalidParameter", "Required body invalid, please check the request body format.")
+    message = "; ".join(_describe(problem) for problem in problems[:5])
+    return _answer(request, 400, "InvalidParameter", message, param=_location(problems[0]) if problems else None)
+
+
+def _location(problem: dict) -> str | None:
+    return ".".join(str(part) for part in problem.get("loc", ()) if part != "body") or None
 
 
 def _describe(problem: dict) -> str:
-    location = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+    location = _location(problem)
     return f"{location}: {problem.get('msg', 'invalid')}" if location else str(problem.get("msg"))
 
 

@@ -1,4 +1,5 @@
-"""Result images at signed URLs: fixed PNG content type, ``nosniff``, no detail on failure."""
+"""Result images at signed URLs: the content type fixed by the name's extension, ``nosniff``, no detail on
+failure."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from qwen_image_server.errors import ResultNotFound
-from qwen_image_server.media.storage import RESULTS_ROUTE, ResultStore
+from qwen_image_server.media.storage import RESULTS_ROUTE, ResultStore, media_type
 
 router = APIRouter(tags=["Results"])
 
@@ -20,6 +21,6 @@ async def result_file(name: str, request: Request) -> FileResponse:
     if not expires.isdigit() or len(expires) > 12:
         raise ResultNotFound()
     path = store.path_for(name, int(expires), signature)
-    return FileResponse(path, media_type="image/png", headers={
+    return FileResponse(path, media_type=media_type(path.name), headers={
         "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400",
         "Content-Security-Policy": "default-src 'none'"})

@@ -28,6 +28,9 @@ StepCallback = Callable[[int, int], None]
 log = logging.getLogger(__name__)
 
 BLANK_NEGATIVE_PROMPT = " "  # what the Qwen-Image model cards pass when there is no negative prompt
+# Inpainting regenerates the masked area from pure noise, as OpenAI's masked edits replace it; diffusers
+# blends the unmasked area back in at every step.
+INPAINT_STRENGTH = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Engine:
         self.device = device
         self.prompt_extend_max_new_tokens = prompt_extend_max_new_tokens
         self._pipelines: dict[str, Any] = {}
+        self._inpainters: dict[str, Any] = {}
 
     @property
     def loaded(self) -> bool:
@@ -77,6 +81,17 @@ class Engine:
         if pipeline is None:
             raise ModelUnavailable(f"Model {model!r} is not loaded (still loading, or it failed to load).")
         return pipeline
+
+    def inpainter(self, spec: ModelSpec) -> Any:
+        """The family's inpainting pipeline over the loaded pipeline's components: no second copy of weights."""
+        inpainter = self._inpainters.get(spec.source)
+        if inpainter is None:
+            if spec.family.inpaint_pipeline_class is None:
+                raise InferenceFailed(f"Model {spec.name} cannot inpaint with a mask.")
+            inpainter = getattr(diffusers, spec.family.inpaint_pipeline_class).from_pipe(self.pipeline(spec.name))
+            inpainter.set_progress_bar_config(disable=True)
+            self._inpainters[spec.source] = inpainter
+        return inpainter
 
     def run_batch(self, jobs: list[Job], on_step: StepCallback | None = None) -> list[JobResult]:
         """Runs jobs of one model and size in a single pipeline call; the caller checks they are compatible.
@@ -100,6 +115,8 @@ class Engine:
         if on_step is not None:
             arguments["callback_on_step_end"] = _step_reporter(on_step, spec.steps)
         try:
+            if jobs[0].mask is not None:
+                pipeline = self.inpainter(spec)
             with torch.inference_mode():
                 images = list(pipeline(**arguments).images)
         except torch.OutOfMemoryError as error:
@@ -138,6 +155,8 @@ class Engine:
             arguments["negative_prompt"] = negatives[0] if single else negatives
         if first.images:
             arguments["image"] = first.images if spec.family.max_images > 1 else first.images[0]
+        if first.mask is not None:
+            arguments.update(mask_image=first.mask, strength=INPAINT_STRENGTH)
         return arguments
 
 

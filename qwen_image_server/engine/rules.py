@@ -15,7 +15,6 @@ from qwen_image_server.errors import InvalidParameter
 SizeRule = Literal["sides", "area", "fixed", "auto"]
 Size = tuple[int, int]
 
-_SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*\*\s*(\d{1,5})\s*$")
 EDIT_TARGET_PIXELS = 1024 * 1024
 FIXED_T2I_SIZES: tuple[Size, ...] = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664))
 
@@ -37,49 +36,62 @@ class ModelRules:
     def check_image_count(self, count: int) -> None:
         if not self.min_images <= count <= self.max_images:
             if self.max_images == 0:
-                raise InvalidParameter("This model generates from text only; remove the image items.")
+                raise InvalidParameter("This model generates from text only; remove the image items.", param="image")
             expected = (f"exactly {self.max_images}" if self.min_images == self.max_images
                         else f"{self.min_images} to {self.max_images}")
-            raise InvalidParameter(f"This model accepts {expected} image(s); got {count}.")
+            raise InvalidParameter(f"This model accepts {expected} image(s); got {count}.", param="image")
 
     def check_n(self, n: int) -> None:
         if self.n_max == 1 and n != 1:
-            raise InvalidParameter("num_images_per_prompt must be 1")
+            raise InvalidParameter("num_images_per_prompt must be 1", param="n")
         if not 1 <= n <= self.n_max:
-            raise InvalidParameter(f"Parameter n must be between 1 and {self.n_max}.")
+            raise InvalidParameter(f"Parameter n must be between 1 and {self.n_max}.", param="n")
 
-    def output_size(self, requested: str | None, last_image_size: Size | None, multiple: int) -> Size:
-        """The output (width, height): the requested size checked and rounded, else the model default."""
+    def requested_size(self, text: str | None, separator: str = "*") -> Size | None:
+        """The parsed ``size``; None when absent or when this model's size is not customisable (then the
+        hosted API ignores it, whatever it holds)."""
+        if text is None or self.size_rule == "auto":
+            return None
+        return parse_size(text, separator)
+
+    def output_size(self, requested: Size | None, last_image_size: Size | None, multiple: int,
+                    separator: str = "*") -> Size:
+        """The output (width, height): the requested size checked and rounded, else the model default.
+
+        ``separator`` is how the caller's API writes sizes, for the error messages.
+        """
         if requested is not None and self.size_rule != "auto":
-            width, height = parse_size(requested)
-            self._check_size(width, height)
+            width, height = requested
+            self._check_size(width, height, separator)
             if self.size_rule == "fixed":
                 return width, height
             return round_to_multiple(width, multiple), round_to_multiple(height, multiple)
         if last_image_size is not None:
             return size_for_aspect(*last_image_size, pixels=EDIT_TARGET_PIXELS, multiple=multiple)
         if self.text_to_image_size is None:
-            raise InvalidParameter("This model needs an input image.")
+            raise InvalidParameter("This model needs an input image.", param="image")
         return self.text_to_image_size
 
-    def _check_size(self, width: int, height: int) -> None:
+    def _check_size(self, width: int, height: int, separator: str) -> None:
         if self.size_rule == "fixed" and (width, height) not in FIXED_T2I_SIZES:
-            allowed = ", ".join(f"{w}*{h}" for w, h in FIXED_T2I_SIZES)
-            raise InvalidParameter(f"Parameter size must be one of {allowed}.")
+            allowed = ", ".join(f"{w}{separator}{h}" for w, h in FIXED_T2I_SIZES)
+            raise InvalidParameter(f"Parameter size must be one of {allowed}.", param="size")
         low, high = self.side_range
         if self.size_rule == "sides" and not (low <= width <= high and low <= height <= high):
-            raise InvalidParameter(f"Parameter size: width and height must each be in [{low}, {high}].")
+            raise InvalidParameter(f"Parameter size: width and height must each be in [{low}, {high}].",
+                                   param="size")
         low, high = self.area_range
         if self.size_rule == "area" and not low <= width * height <= high:
-            raise InvalidParameter(
-                f"Parameter size: total pixels must be in [{low}, {high}] (e.g. 512*512 to 2048*2048)."
-            )
+            raise InvalidParameter(f"Parameter size: total pixels must be in [{low}, {high}] "
+                                   f"(e.g. 512{separator}512 to 2048{separator}2048).", param="size")
 
 
-def parse_size(text: str) -> Size:
-    match = _SIZE_PATTERN.match(text)
+def parse_size(text: str, separator: str = "*") -> Size:
+    """``W*H`` as the hosted API writes sizes; OpenAI's ``WxH`` with ``separator="x"``."""
+    match = re.fullmatch(rf"\s*(\d{{1,5}})\s*{re.escape(separator)}\s*(\d{{1,5}})\s*", text)
     if match is None:
-        raise InvalidParameter("Parameter size must look like '1024*1024' (width*height).")
+        raise InvalidParameter(f"Parameter size must look like '1024{separator}1024' (width{separator}height).",
+                               param="size")
     width, height = int(match.group(1)), int(match.group(2))
     if width == 0 or height == 0:
         raise InvalidParameter("Parameter size must have a positive width and height.")

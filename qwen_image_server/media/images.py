@@ -2,8 +2,8 @@
 
 Input bytes come from strangers, so every step is bounded (security.md, "Decoding images"): a byte
 cap, a format allowlist, the header's size checked before any pixel is decoded, truncated data
-refused, and every decoder failure turned into ``InvalidImage``. Outputs are PNG with no metadata,
-so nothing from an input (EXIF, GPS, ICC, text chunks) leaks into a result.
+refused, and every decoder failure turned into ``InvalidImage``. Outputs (PNG, JPEG or WebP) carry no
+metadata, so nothing from an input (EXIF, GPS, ICC, text chunks) leaks into a result.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from qwen_image_server.settings import Settings
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+# The output formats we encode, by their API names, and Pillow's name for each.
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 _DATA_URI_HEADER = re.compile(r"data:[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+;base64", re.IGNORECASE)
 
@@ -54,6 +57,25 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
 
     Raises ``InvalidImage`` for anything too large, not allowed, truncated or undecodable.
     """
+    with _opened(data, limits) as image:
+        return _pixels_only(_to_rgb(image))
+
+
+def decode_mask(data: bytes, limits: ImageLimits) -> Image.Image:
+    """An edit mask, checked as ``decode_image`` checks images, as a black-and-white image: white where to edit.
+
+    OpenAI's convention first: with an alpha channel, the fully transparent pixels are the ones to edit. Without
+    one, the mask is read in grayscale and light pixels (128 and up) are edited, as diffusers reads masks.
+    """
+    with _opened(data, limits) as image:
+        if image.has_transparency_data:
+            return image.convert("RGBA").getchannel("A").point(lambda alpha: 255 if alpha == 0 else 0)
+        return image.convert("L").point(lambda level: 255 if level >= 128 else 0)
+
+
+@contextmanager
+def _opened(data: bytes, limits: ImageLimits) -> Iterator[Image.Image]:
+    """The first frame of an allowed image, decoded within limits and upright per EXIF."""
     if len(data) > limits.max_bytes:
         raise InvalidImage(f"Image exceeds the size limit of {limits.max_bytes} bytes.")
     with _decoder_errors():
@@ -62,7 +84,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         _check_dimensions(opened.size, limits)
         with _decoder_errors():
             opened.load()
-            return _pixels_only(_to_rgb(ImageOps.exif_transpose(opened)))
+            yield ImageOps.exif_transpose(opened)
 
 
 def parse_data_uri(uri: str, limits: ImageLimits) -> bytes:
@@ -86,10 +108,14 @@ def parse_data_uri(uri: str, limits: ImageLimits) -> bytes:
     return data
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """Encode as an RGB PNG from the pixels alone, so no EXIF, ICC profile or text chunk is carried."""
+def encode_image(image: Image.Image, output_format: str = "png", quality: int | None = None) -> bytes:
+    """Encode as RGB from the pixels alone, so no EXIF, ICC profile or text chunk is carried.
+
+    ``output_format`` is a key of ``OUTPUT_FORMATS``; ``quality`` (0-100) applies to JPEG and WebP only.
+    """
     buffer = BytesIO()
-    _pixels_only(_to_rgb(image)).save(buffer, format="PNG")
+    options = {"quality": quality} if quality is not None and output_format != "png" else {}
+    _pixels_only(_to_rgb(image)).save(buffer, format=OUTPUT_FORMATS[output_format], **options)
     return buffer.getvalue()
 
 

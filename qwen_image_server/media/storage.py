@@ -23,7 +23,10 @@ from qwen_image_server.errors import ResultNotFound
 log = logging.getLogger(__name__)
 
 RESULTS_ROUTE = "/results"
-_NAME_PATTERN = re.compile(r"^[0-9a-f]{32}-[0-9]{1,2}\.png$")
+_NAME_PATTERN = re.compile(r"^[0-9a-f]{32}-[0-9]{1,2}\.(png|jpg|webp)$")
+# Output format (media/images.py) -> file extension -> the one content type its files are served with.
+_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 
 
 class UrlSigner:
@@ -56,18 +59,24 @@ class ResultStore:
         self.ttl_seconds = ttl_seconds
         directory.mkdir(parents=True, exist_ok=True)
 
-    def save(self, key: str, index: int, png: bytes) -> str:
-        """Stores one PNG under a name derived from ``key`` (a hex task id) and returns the name.
+    def save(self, key: str, index: int, data: bytes, output_format: str = "png") -> str:
+        """Stores one encoded image under a name derived from ``key`` (a hex task id) and returns the name.
 
-        The name depends only on the key and index, so a task that runs again overwrites its own files.
+        The name depends only on the key, index and format, so a task that runs again overwrites its own files.
         """
-        name = f"{key}-{index}.png"
+        name = f"{key}-{index}.{_EXTENSIONS[output_format]}"
         if _NAME_PATTERN.match(name) is None:
             raise ValueError(f"result key must be 32 hex digits, got {key!r}")
         temporary = self.directory / f".{name}.tmp"
-        temporary.write_bytes(png)
+        temporary.write_bytes(data)
         temporary.replace(self.directory / name)
         return name
+
+    def read(self, name: str) -> bytes:
+        """A stored result's bytes, for answers that carry the image itself rather than its URL."""
+        if _NAME_PATTERN.match(name) is None:
+            raise ResultNotFound()
+        return (self.directory / name).read_bytes()
 
     def url(self, name: str, stored_at: float) -> str:
         """The signed URL of a stored result, valid until the result expires."""
@@ -110,3 +119,8 @@ async def remove_expired_periodically(store: Expiring, interval_seconds: float, 
         if removed:
             log.info("removed %d expired %s", removed, what)
         await asyncio.sleep(interval_seconds)
+
+
+def media_type(name: str) -> str:
+    """The content type of a result file, from the extension its (checked) name ends with."""
+    return _MEDIA_TYPES[name.rsplit(".", 1)[-1]]

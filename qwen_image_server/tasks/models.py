@@ -12,7 +12,12 @@ from PIL.Image import Image
 
 @dataclass
 class Job:
-    """One generation or edit, validated, with its input images decoded."""
+    """One generation or edit, validated, with its input images decoded.
+
+    ``mask`` (inpainting only) is white where ``images[0]`` is to be edited; the task stores it as its last
+    input. ``output_format`` is how the worker encodes the results: ``png``, ``jpeg`` or ``webp``, the lossy
+    ones at ``output_quality`` (0-100, Pillow's default when None).
+    """
 
     model: str
     prompt: str
@@ -24,24 +29,22 @@ class Job:
     negative_prompt: str | None = None
     prompt_extend: bool = False
     watermark: bool = False
+    mask: Image | None = None
+    output_format: str = "png"
+    output_quality: int | None = None
 
     def parameters(self) -> dict[str, Any]:
-        """Everything but the images, as JSON-ready values; the images are stored beside it as bytes."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "images"}
+        """Everything but the images and mask, as JSON-ready values; those are stored beside it as bytes."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("images", "mask")}
+        return {**values, "masked": self.mask is not None}
 
     @classmethod
-    def from_parameters(cls, parameters: dict[str, Any], images: list[Image]) -> Job:
-        return cls(**parameters, images=images)
-
-    def batch_key(self, batches_prompts: bool) -> str | None:
-        """Jobs with equal keys can share one pipeline call; None means this job always runs alone.
-
-        Only text-to-image jobs batch: the batching pipelines share one set of input images across a batch.
-        Steps and guidance come from the model, so the model name stands for them.
-        """
-        if not batches_prompts or self.images:
-            return None
-        return f"{self.model}|{self.width}x{self.height}|n={self.n}"
+    def from_parameters(cls, parameters: dict[str, Any], inputs: list[Image]) -> Job:
+        """The job of stored parameters and its stored inputs, decoded (the mask, if any, last)."""
+        values = dict(parameters)
+        if values.pop("masked", False):
+            return cls(**values, images=inputs[:-1], mask=inputs[-1])
+        return cls(**values, images=inputs)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from qwen_image_server.errors import InvalidImage, ServiceError
-from qwen_image_server.media.images import ImageLimits, add_watermark, decode_image, encode_png
+from qwen_image_server.media.images import ImageLimits, add_watermark, decode_image, encode_image
 from qwen_image_server.media.storage import ResultStore
 from qwen_image_server.metrics import Metrics
 from qwen_image_server.tasks.models import Job, JobResult, TaskFailure, TaskRecord, TaskState
@@ -135,7 +135,7 @@ class Worker:
 
     async def _succeed(self, record: TaskRecord, job: Job, result: JobResult, engine_share: float) -> None:
         """``engine_share``: this task's part of its batch's pipeline time, which paces ``Retry-After``."""
-        outputs = await asyncio.to_thread(self._store_images, record.task_id, result, job.watermark)
+        outputs = await asyncio.to_thread(self._store_images, record.task_id, result, job)
         if await asyncio.to_thread(self.store.succeed, record.task_id, self.name, outputs, result.actual_prompt):
             self._finished(record, TaskState.SUCCEEDED, engine_share)
             self.metrics.images_generated.labels(record.model).inc(len(outputs))
@@ -143,9 +143,10 @@ class Worker:
             log.warning("task %s: lease lost before completion; its result is left to the new owner",
                         record.task_id)
 
-    def _store_images(self, task_id: str, result: JobResult, watermark: bool) -> list[str]:
+    def _store_images(self, task_id: str, result: JobResult, job: Job) -> list[str]:
         key = uuid.UUID(task_id).hex
-        return [self.results.save(key, index, encode_png(add_watermark(image) if watermark else image))
+        return [self.results.save(key, index, encode_image(add_watermark(image) if job.watermark else image,
+                                                           job.output_format, job.output_quality), job.output_format)
                 for index, image in enumerate(result.images)]
 
     async def _fail(self, record: TaskRecord, error: ServiceError) -> None:

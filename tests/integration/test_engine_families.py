@@ -104,3 +104,16 @@ def test_long_prompts_are_truncated_to_the_model_token_limit(engine):
     long = " ".join(["word"] * 5000)
     short = truncate_tokens(pipeline, long, 800)
     assert len(pipeline.tokenizer(short, add_special_tokens=False)["input_ids"]) <= 800 < len(long.split())
+
+
+def test_a_mask_runs_the_family_inpainting_pipeline_on_the_loaded_weights(engine):
+    mask = Image.new("RGB", (256, 256))
+    mask.paste((255, 255, 255), (0, 0, 128, 256))
+    spec = engine.registry.get("qwen-image")
+    result, passes = run_counting(engine, Job(model="qwen-image", prompt="a window", width=256, height=256, seed=1,
+                                              images=[picture((256, 256))], mask=mask))
+    inpainter = engine.inpainter(spec)
+    assert type(inpainter).__name__ == "QwenImageInpaintPipeline"
+    assert inpainter.transformer is engine.pipeline("qwen-image").transformer
+    assert passes == 2 * spec.steps, "the masked area is regenerated over every step, with true CFG"
+    assert [image.size for image in result.images] == [(256, 256)]

@@ -17,7 +17,8 @@ from qwen_image_server.media.images import (
     ImageLimits,
     add_watermark,
     decode_image,
-    encode_png,
+    decode_mask,
+    encode_image,
     parse_data_uri,
 )
 from qwen_image_server.settings import Settings
@@ -238,12 +239,12 @@ def test_data_uri_must_have_the_strict_form(uri: str) -> None:
         parse_data_uri(uri, LIMITS)
 
 
-def test_encode_png_carries_pixels_only() -> None:
+def test_encode_image_carries_pixels_only() -> None:
     image = noise((32, 24))
     exif = image.getexif()
     exif[0x010E] = "private description"
     image.info.update(exif=exif.tobytes(), icc_profile=b"not really an icc profile", comment=b"secret")
-    data = encode_png(image)
+    data = encode_image(image)
     with Image.open(BytesIO(data)) as reopened:
         assert reopened.format == "PNG"
         assert reopened.info == {}
@@ -251,6 +252,37 @@ def test_encode_png_carries_pixels_only() -> None:
         assert ImageChops.difference(reopened.convert("RGB"), image).getbbox() is None
     for chunk in (b"eXIf", b"iCCP", b"tEXt", b"zTXt", b"iTXt"):
         assert chunk not in data
+
+
+@pytest.mark.parametrize("output_format, pillow_format", [("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_encode_image_in_lossy_formats_follows_the_quality(output_format: str, pillow_format: str) -> None:
+    image = noise((64, 48))
+    small, large = encode_image(image, output_format, 10), encode_image(image, output_format, 95)
+    assert len(small) < len(large)
+    with Image.open(BytesIO(small)) as reopened:
+        assert (reopened.format, reopened.size) == (pillow_format, (64, 48))
+
+
+def test_mask_with_alpha_edits_the_fully_transparent_pixels() -> None:
+    mask = Image.new("RGBA", (16, 8), (0, 0, 0, 255))
+    mask.paste((255, 255, 255, 0), (0, 0, 4, 8))
+    mask.paste((255, 255, 255, 1), (4, 0, 8, 8))  # almost transparent: kept, as OpenAI reads masks
+    decoded = decode_mask(encoded(mask, "PNG"), LIMITS)
+    assert (decoded.mode, decoded.size) == ("L", (16, 8))
+    assert decoded.getbbox() == (0, 0, 4, 8)
+    assert set(decoded.getdata()) == {0, 255}
+
+
+def test_mask_without_alpha_edits_the_light_pixels() -> None:
+    mask = Image.new("RGB", (16, 8), (0, 0, 0))
+    mask.paste((200, 200, 200), (8, 0, 16, 8))
+    decoded = decode_mask(encoded(mask, "JPEG", quality=95), LIMITS)
+    assert decoded.getbbox() == (8, 0, 16, 8)
+
+
+def test_mask_is_checked_like_an_image() -> None:
+    with pytest.raises(InvalidImage):
+        decode_mask(b"not an image", LIMITS)
 
 
 @pytest.mark.parametrize("side", [256, 1024, 2048])

@@ -23,32 +23,32 @@ def test_parse_size_rejects_other_shapes(text):
 
 
 def test_edit_sizes_round_to_multiples_of_16_like_the_hosted_api():
-    assert rules("qwen-image-edit-plus").output_size("1033*1032", None, 16) == (1040, 1024)
+    assert rules("qwen-image-edit-plus").output_size(parse_size("1033*1032"), None, 16) == (1040, 1024)
 
 
 def test_edit_plus_checks_each_side():
     edit = rules("qwen-image-edit-plus")
-    assert edit.output_size("512*2048", None, 16) == (512, 2048)
+    assert edit.output_size(parse_size("512*2048"), None, 16) == (512, 2048)
     for bad in ("511*1024", "1024*2049", "3072*1024"):
         with pytest.raises(InvalidParameter, match="width and height"):
-            edit.output_size(bad, None, 16)
+            edit.output_size(parse_size(bad), None, 16)
 
 
 def test_qwen_image_2_checks_total_pixels_only():
     two = rules("qwen-image-2.0-pro")
-    assert two.output_size("3072*1024", None, 32) == (3072, 1024)
+    assert two.output_size(parse_size("3072*1024"), None, 32) == (3072, 1024)
     with pytest.raises(InvalidParameter, match="total pixels"):
-        two.output_size("4096*2048", None, 32)
+        two.output_size(parse_size("4096*2048"), None, 32)
     with pytest.raises(InvalidParameter, match="total pixels"):
-        two.output_size("256*256", None, 32)
+        two.output_size(parse_size("256*256"), None, 32)
 
 
 def test_text_to_image_models_take_only_the_five_fixed_sizes():
     plus = rules("qwen-image-plus")
     assert plus.output_size(None, None, 16) == (1664, 928)
-    assert plus.output_size("1328*1328", None, 16) == (1328, 1328)
+    assert plus.output_size(parse_size("1328*1328"), None, 16) == (1328, 1328)
     with pytest.raises(InvalidParameter, match="one of"):
-        plus.output_size("1024*1024", None, 16)
+        plus.output_size(parse_size("1024*1024"), None, 16)
 
 
 def test_without_size_edits_follow_the_last_image_at_about_one_megapixel():
@@ -59,7 +59,15 @@ def test_without_size_edits_follow_the_last_image_at_about_one_megapixel():
 
 
 def test_qwen_image_edit_ignores_size_because_it_is_not_customisable():
-    assert rules("qwen-image-edit").output_size("512*512", (1024, 1024), 16) == (1024, 1024)
+    edit = rules("qwen-image-edit")
+    assert edit.requested_size("not a size") is None
+    assert edit.output_size((512, 512), (1024, 1024), 16) == (1024, 1024)
+
+
+def test_requested_size_takes_openai_separator():
+    assert rules("qwen-image-2.0").requested_size("768x512", "x") == (768, 512)
+    with pytest.raises(InvalidParameter, match="1024x1024"):
+        rules("qwen-image-2.0").requested_size("768*512", "x")
 
 
 def test_n_rules():

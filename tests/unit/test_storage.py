@@ -5,7 +5,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from qwen_image_server.errors import ResultNotFound
-from qwen_image_server.media.storage import ResultStore, UrlSigner, load_or_create_secret, remove_expired_periodically
+from qwen_image_server.media.storage import (
+    ResultStore,
+    UrlSigner,
+    load_or_create_secret,
+    media_type,
+    remove_expired_periodically,
+)
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -50,6 +56,15 @@ def test_saving_again_overwrites_the_same_name(store):
     assert store.save(KEY, 0, b"second run") == first
     assert (store.directory / first).read_bytes() == b"second run"
     assert [path.name for path in store.directory.iterdir()] == [first]
+
+
+@pytest.mark.parametrize("output_format, name, content_type", [
+    ("png", f"{KEY}-0.png", "image/png"), ("jpeg", f"{KEY}-0.jpg", "image/jpeg"),
+    ("webp", f"{KEY}-0.webp", "image/webp")])
+def test_each_output_format_has_its_extension_and_content_type(store, output_format, name, content_type):
+    assert store.save(KEY, 0, b"encoded", output_format) == name
+    assert store.read(name) == b"encoded"
+    assert media_type(name) == content_type
 
 
 def test_expired_url_is_not_found(store):

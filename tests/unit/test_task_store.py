@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
 import pytest
+from PIL import Image
 
 from qwen_image_server.tasks.models import Job, NewTask, TaskFailure, TaskFilter, TaskMode, TaskState
 from qwen_image_server.tasks.sqlite import SqliteTaskStore
@@ -104,6 +105,18 @@ def test_parameters_round_trip_through_json(store):
     record = store.get("t1")
     assert record.parameters == original.parameters()
     assert Job.from_parameters(record.parameters, []) == original
+
+
+def test_a_masked_job_stores_its_mask_as_the_last_input(store):
+    image, mask = Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), (255, 255, 255))
+    original = Job(model="qwen-image", prompt="a cat", width=256, height=256, seed=1, mask=mask,
+                   output_format="webp", output_quality=80)
+    store.create(NewTask("t1", "key-a", "req", TaskMode.SYNC, original, [b"image", b"mask"], None), max_pending=ROOMY)
+    record = store.get("t1")
+    assert record.parameters["masked"] is True
+    restored = Job.from_parameters(record.parameters, [image, mask])
+    assert (restored.images, restored.mask, restored.output_format, restored.output_quality) == (
+        [image], mask, "webp", 80)
 
 
 def test_unknown_task_has_no_record_and_no_inputs(store):

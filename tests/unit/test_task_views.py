@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from qwen_image_server.api.dashscope.service import task_error
 from qwen_image_server.api.dashscope.tasks import TaskViews, beijing_time, parse_list_time
+from qwen_image_server.api.submissions import task_error
 from qwen_image_server.errors import InvalidParameter, UnsupportedOperation
 from qwen_image_server.media.storage import ResultStore, UrlSigner
 from qwen_image_server.tasks.models import Job, NewTask, TaskFailure, TaskMode

@@ -6,22 +6,11 @@ so extra fields are accepted and logged, never rejected.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
-log = logging.getLogger(__name__)
-
-
-class WireModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    @model_validator(mode="after")
-    def _log_unknown_fields(self) -> WireModel:
-        if self.model_extra:
-            log.debug("ignoring unknown fields of %s: %s", type(self).__name__, sorted(self.model_extra))
-        return self
+from qwen_image_server.api.wire import WireModel
 
 
 class ContentItem(WireModel):

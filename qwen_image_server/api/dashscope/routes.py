@@ -19,7 +19,7 @@ from qwen_image_server.api.dashscope.protocol import (
     UploadedResponse,
     UploadPolicyResponse,
 )
-from qwen_image_server.api.dashscope.service import GenerationService, wants_oss_resolve
+from qwen_image_server.api.dashscope.service import DashScopeService, wants_oss_resolve
 from qwen_image_server.api.dashscope.tasks import TaskViews
 from qwen_image_server.api.dashscope.uploads import UploadService
 from qwen_image_server.api.errors import request_id_of
@@ -29,8 +29,8 @@ from qwen_image_server.media.uploads import UploadForm
 router = APIRouter(prefix="/api/v1", tags=["DashScope"])
 
 
-def get_service(request: Request) -> GenerationService:
-    return request.app.state.generation
+def get_service(request: Request) -> DashScopeService:
+    return request.app.state.dashscope
 
 
 def get_task_views(request: Request) -> TaskViews:
@@ -41,7 +41,7 @@ def get_upload_service(request: Request) -> UploadService:
     return request.app.state.upload_service
 
 
-Service = Annotated[GenerationService, Depends(get_service)]
+Service = Annotated[DashScopeService, Depends(get_service)]
 Tasks = Annotated[TaskViews, Depends(get_task_views)]
 Uploads = Annotated[UploadService, Depends(get_upload_service)]
 AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async")]

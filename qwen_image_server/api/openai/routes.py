@@ -1,0 +1,35 @@
+"""Thin routes of the OpenAI-compatible images API: parse, authenticate, hand to the service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+
+from qwen_image_server.api.auth import ApiKey
+from qwen_image_server.api.errors import request_id_of
+from qwen_image_server.api.openai.protocol import ERROR_RESPONSES, EditsForm, GenerationsRequest, ImagesResponse
+from qwen_image_server.api.openai.service import OpenAIImagesService
+
+router = APIRouter(prefix="/v1", tags=["OpenAI"])
+
+
+def get_service(request: Request) -> OpenAIImagesService:
+    return request.app.state.openai_images
+
+
+Service = Annotated[OpenAIImagesService, Depends(get_service)]
+
+
+@router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True,
+             responses=ERROR_RESPONSES, summary="Generate images from a prompt (OpenAI images API)")
+async def generations(body: GenerationsRequest, request: Request, key_id: ApiKey,
+                      service: Service) -> ImagesResponse:
+    return await service.generate(body, key_id, request_id_of(request), request.is_disconnected)
+
+
+@router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True,
+             responses=ERROR_RESPONSES, summary="Edit uploaded images, or inpaint with a mask (OpenAI images API)")
+async def edits(form: Annotated[EditsForm, Form()], request: Request, key_id: ApiKey,
+                service: Service) -> ImagesResponse:
+    return await service.edit(form, key_id, request_id_of(request), request.is_disconnected)

@@ -1,0 +1,215 @@
+"""Submissions shared by every API surface: admit a request, build its ``Job``, store it as a task, and for
+sync requests wait for it.
+
+Each surface (DashScope, OpenAI) translates its wire shapes into a ``JobRequest`` and its answers from the
+finished ``TaskRecord``. Checks run cheapest first (model, rate limits, parameters, queue room) so a bad or
+refused request costs nothing before any image is downloaded or decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from PIL.Image import Image
+
+from qwen_image_server.api.limits import RateLimiter
+from qwen_image_server.engine.registry import ModelRegistry, ModelSpec
+from qwen_image_server.engine.rules import Size
+from qwen_image_server.errors import InvalidParameter, InvalidURL, ModelUnavailable, ServiceError
+from qwen_image_server.media.fetch import ImageFetcher
+from qwen_image_server.media.images import ImageLimits, decode_image, decode_mask, encode_image, parse_data_uri
+from qwen_image_server.media.storage import ResultStore
+from qwen_image_server.media.uploads import OSS_SCHEME, UploadStore
+from qwen_image_server.tasks.models import Job, NewTask, TaskMode, TaskRecord, TaskState
+from qwen_image_server.tasks.queue import TaskQueue
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**31 - 1
+NEGATIVE_PROMPT_LIMIT = 500
+
+Disconnected = Callable[[], Awaitable[bool]]
+ImageSource = str | bytes  # an http(s) URL or data: URI to load, or the bytes of an uploaded file
+
+
+@dataclass
+class JobRequest:
+    """One request in the surfaces' common terms, before any input is loaded."""
+
+    prompt: str
+    images: list[ImageSource] = field(default_factory=list)
+    mask: bytes | None = None
+    n: int | None = None
+    size: Size | None = None
+    size_separator: str = "*"  # how the surface writes sizes (W*H, WxH), for error messages
+    seed: int | None = None
+    negative_prompt: str | None = None
+    prompt_extend: bool = True
+    watermark: bool = False
+    output_format: str = "png"
+    output_quality: int | None = None
+    oss_reader: str | None = None  # the key id whose oss:// uploads this request may read; None: refused
+
+
+@dataclass
+class PreparedJob:
+    """A validated job and the bytes the task stores beside it (input images, then the mask if any)."""
+
+    spec: ModelSpec
+    job: Job
+    inputs: list[bytes]
+
+    @property
+    def batch_key(self) -> str | None:
+        """Jobs with equal keys can share one pipeline call; None means this job always runs alone.
+
+        Only text-to-image jobs batch: the batching pipelines share one set of input images across a batch.
+        Steps and guidance come from the model, so the model name stands for them; the output format is
+        applied per task after the call, so it does not matter here.
+        """
+        if not self.spec.family.batches_prompts or self.inputs:
+            return None
+        return f"{self.job.model}|{self.job.width}x{self.job.height}|n={self.job.n}"
+
+
+def check_seed(seed: int | None) -> int:
+    if seed is None:
+        return secrets.randbelow(MAX_SEED + 1)
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidParameter(f"Parameter seed must be in [0, {MAX_SEED}].", param="seed")
+    return seed
+
+
+def check_mask_support(spec: ModelSpec, registry: ModelRegistry, image_count: int) -> None:
+    if spec.family.inpaint_pipeline_class is None:
+        takers = ", ".join(name for name in registry.names()
+                           if registry.get(name).family.inpaint_pipeline_class is not None)
+        raise InvalidParameter(f"Model {spec.name} does not take a mask; models that inpaint with a mask: "
+                               f"{takers or 'none served here'}.", param="mask")
+    if image_count != 1:
+        raise InvalidParameter(f"Inpainting with a mask takes exactly one image; got {image_count}.", param="image")
+
+
+class GenerationService:
+    def __init__(self, registry: ModelRegistry, queue: TaskQueue, fetcher: ImageFetcher, limits: ImageLimits,
+                 results: ResultStore, uploads: UploadStore, rate_limiter: RateLimiter,
+                 engines_ready: Callable[[], bool]) -> None:
+        self.registry = registry
+        self.queue = queue
+        self.fetcher = fetcher
+        self.limits = limits
+        self.results = results
+        self.uploads = uploads
+        self.rate_limiter = rate_limiter
+        self.engines_ready = engines_ready
+
+    async def admit(self, model: str, key_id: str, mode: TaskMode) -> ModelSpec:
+        """The model's spec, once it is served, the engines are ready and the key is within its limits."""
+        spec = self.registry.get(model)
+        if not self.engines_ready():
+            raise ModelUnavailable("Models are still loading, please try again later.")
+        self.rate_limiter.hit(key_id, spec.name)
+        if mode is TaskMode.ASYNC:
+            active = await asyncio.to_thread(self.queue.store.count_active, key_id, spec.name, mode)
+            self.rate_limiter.check_concurrency(spec.name, active)
+        return spec
+
+    async def prepare(self, spec: ModelSpec, request: JobRequest) -> PreparedJob:
+        """Checks the request against the model's rules, then loads and decodes its inputs."""
+        if request.mask is None:
+            spec.rules.check_image_count(len(request.images))
+        else:
+            check_mask_support(spec, self.registry, len(request.images))
+        n = 1 if request.n is None else request.n
+        spec.rules.check_n(n)
+        seed = check_seed(request.seed)
+        await self.queue.check_capacity()
+        inputs = await self.load_inputs(request.images, request.oss_reader, spec.name)
+        last_size = inputs[-1][1] if inputs else None
+        width, height = spec.rules.output_size(request.size, last_size, spec.family.output_multiple,
+                                               request.size_separator)
+        job = Job(
+            model=spec.name, prompt=request.prompt, width=width, height=height, seed=seed, n=n,
+            negative_prompt=(request.negative_prompt or "")[:NEGATIVE_PROMPT_LIMIT] or None,
+            prompt_extend=request.prompt_extend, watermark=request.watermark,
+            output_format=request.output_format, output_quality=request.output_quality,
+        )
+        stored = [data for data, _size in inputs]
+        if request.mask is not None:
+            job.mask = await asyncio.to_thread(self.load_mask, request.mask, last_size)
+            stored.append(encode_image(job.mask))
+        return PreparedJob(spec, job, stored)
+
+    async def submit(self, prepared: PreparedJob, task_id: str, key_id: str, request_id: str,
+                     mode: TaskMode) -> None:
+        await self.queue.submit(NewTask(task_id, key_id, request_id, mode, prepared.job, prepared.inputs,
+                                        prepared.batch_key))
+
+    async def run_sync(self, prepared: PreparedJob, key_id: str, request_id: str,
+                       disconnected: Disconnected) -> TaskRecord:
+        """A task plus a wait; the succeeded record, or the task's failure raised. The task id is the request id,
+        so a client that lost the connection while its task ran can still fetch the result by it."""
+        started = time.perf_counter()
+        await self.submit(prepared, request_id, key_id, request_id, TaskMode.SYNC)
+        record = await self.queue.wait(request_id, key_id, disconnected)
+        log.info("request %s: %s, %d image(s) %dx%d, %s in %.3f s", request_id, prepared.spec.name,
+                 len(record.outputs), prepared.job.width, prepared.job.height, record.state,
+                 time.perf_counter() - started)
+        if record.state is TaskState.FAILED:
+            raise task_error(record)
+        if record.state is TaskState.CANCELED:
+            raise ServiceError("The request was canceled: the client disconnected before it started.")
+        return record
+
+    def urls(self, record: TaskRecord) -> list[str]:
+        return [self.results.url(name, record.finished_at or time.time()) for name in record.outputs]
+
+    async def load_inputs(self, sources: list[ImageSource], oss_reader: str | None,
+                          model: str) -> list[tuple[bytes, tuple[int, int]]]:
+        return list(await asyncio.gather(*(self.load_input(source, oss_reader, model) for source in sources)))
+
+    async def load_input(self, source: ImageSource, oss_reader: str | None,
+                         model: str) -> tuple[bytes, tuple[int, int]]:
+        """An input image's bytes (what the task stores) and its size, once checked to decode within limits.
+
+        An ``oss://`` upload is read only for ``oss_reader``, the key that uploaded it, and for its model."""
+        if isinstance(source, bytes):
+            data = source
+        elif source.startswith("data:"):
+            data = parse_data_uri(source, self.limits)
+        elif source.startswith(("http://", "https://")):
+            data = await self.fetcher.fetch(source)
+        elif source.startswith(OSS_SCHEME):
+            if oss_reader is None:
+                raise InvalidParameter("The provided URL does not appear to be valid. Ensure it is correctly "
+                                       "formatted: oss:// URLs need the header X-DashScope-OssResourceResolve: enable.")
+            data = await asyncio.to_thread(self.uploads.resolve, source, oss_reader, model)
+        else:
+            raise InvalidURL("Image items must be http(s) URLs, data: URIs or oss:// temporary URLs.")
+        image = await asyncio.to_thread(decode_image, data, self.limits)
+        return data, image.size
+
+    def load_mask(self, data: bytes, image_size: tuple[int, int] | None) -> Image:
+        """The mask in black and white (white: edit), checked against the image it applies to."""
+        mask = decode_mask(data, self.limits)
+        if mask.size != image_size:
+            raise InvalidParameter(f"The mask is {mask.width}x{mask.height} pixels; it must match the image's "
+                                   f"size{f' ({image_size[0]}x{image_size[1]})' if image_size else ''}.",
+                                   param="mask")
+        if mask.getbbox() is None:
+            raise InvalidParameter("The mask marks no pixel to edit: make the area to edit fully transparent.",
+                                   param="mask")
+        return mask
+
+
+def task_error(record: TaskRecord) -> ServiceError:
+    """The stored failure of a task, as the error the sync endpoint answers with."""
+    error = ServiceError(record.error_message)
+    error.code = record.error_code or ServiceError.code
+    error.status = record.error_status or ServiceError.status
+    return error
