@@ -61,9 +61,12 @@ def test_aio_client_uploads_local_files(server, tmp_path):
     path.write_bytes(png_bytes((768, 512)))
 
     async def edit():
-        return await AioMultiModalConversation.call(api_key=server.key, model=EDIT_MODEL,
-                                                    messages=messages(str(path)), size="512*512",
-                                                    prompt_extend=False)
+        try:
+            return await AioMultiModalConversation.call(api_key=server.key, model=EDIT_MODEL,
+                                                        messages=messages(str(path)), size="512*512",
+                                                        prompt_extend=False)
+        finally:
+            await dashscope.close_shared_aio_session()  # the SDK's pooled session belongs to this event loop
 
     response = asyncio.run(edit())
     assert output_size(response) == (512, 512)
