@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
                               settings.result_ttl_seconds)
         uploads = UploadStore(settings.uploads_dir, settings.database_path, secret,
                               ttl_seconds=settings.upload_ttl_seconds, policy_seconds=settings.upload_policy_seconds,
-                              max_bytes=settings.max_image_bytes)
+                              max_bytes=settings.max_image_bytes, capacity_bytes=settings.upload_capacity_bytes)
         store = SqliteTaskStore(settings.database_path)
         metrics.watch_queue_depth(store.count_pending)
         limits = ImageLimits.from_settings(settings)

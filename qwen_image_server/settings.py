@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     url_signing_secret: str | None = None
     upload_ttl_seconds: int = Field(48 * 3600, gt=0)  # the SDK's temporary oss:// files, as hosted
     upload_policy_seconds: int = Field(300, gt=0)
+    upload_capacity_bytes: int = Field(1024 * MiB, gt=0)  # per key, over its unexpired uploads
 
     # Tasks and queue
     max_pending_tasks: int = Field(64, ge=1)

@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS uploads (
 """
 
 
+class UploadQuotaExceeded(ServiceError):
+    """A key's unexpired uploads would pass its capacity; space frees as they expire."""
+
+    code = "Throttling.AllocationQuota"
+    status = 429
+
+
 class UploadConflict(ServiceError):
     """OSS's answer when ``x-oss-forbid-overwrite`` meets an existing object with other bytes."""
 
@@ -99,12 +106,14 @@ class _Policy:
 
 class UploadStore:
     def __init__(self, directory: Path, database: Path, secret: bytes, *, ttl_seconds: float,
-                 policy_seconds: int, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
+                 policy_seconds: int, max_bytes: int, capacity_bytes: int,
+                 clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
         self.database = database
         self.ttl_seconds = ttl_seconds
         self.policy_seconds = policy_seconds
         self.max_bytes = max_bytes
+        self.capacity_bytes = capacity_bytes
         self.clock = clock
         # A key of its own, so a policy signature can never pass as a result-URL signature or the reverse.
         self._key = hmac.new(secret, b"qwen-image-server upload policy", hashlib.sha256).digest()
@@ -159,7 +168,8 @@ class UploadStore:
         """Writes the bytes durably, then records them; returns the ``oss://`` reference.
 
         The same key with other bytes is refused, as OSS does under ``x-oss-forbid-overwrite`` (the SDK
-        names the local files of one call by basename alone); the same bytes again are accepted.
+        names the local files of one call by basename alone); the same bytes again are accepted. The
+        owner's unexpired uploads must stay within ``capacity_bytes``, checked in the inserting transaction.
         """
         digest = hashlib.sha256(data).hexdigest()
         file = uuid.uuid4().hex
@@ -168,19 +178,34 @@ class UploadStore:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        recorded = False
         try:
-            with self._connect() as connection:
-                connection.execute(
-                    "INSERT INTO uploads (key, owner, model, file, digest, size, created_at) VALUES (?,?,?,?,?,?,?)",
-                    (target.key, target.owner, target.model, file, digest, len(data), self.clock()))
-        except sqlite3.IntegrityError:
-            path.unlink(missing_ok=True)
-            with self._connect() as connection:
-                existing = connection.execute("SELECT digest FROM uploads WHERE key = ?", (target.key,)).fetchone()
-            if existing is None or existing[0] != digest:
-                raise UploadConflict(f"The object {target.key} already exists with other content: two local "
-                                     f"files with the same name cannot be uploaded in one call.") from None
+            recorded = self._record(target, file, digest, len(data))
+        finally:
+            if not recorded:
+                path.unlink(missing_ok=True)
         return OSS_SCHEME + target.key
+
+    def _record(self, target: UploadTarget, file: str, digest: str, size: int) -> bool:
+        """Records a stored file; False when the same bytes were already stored under this key."""
+        now = self.clock()
+        with self._connect() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            existing = connection.execute("SELECT digest FROM uploads WHERE key = ?", (target.key,)).fetchone()
+            if existing is not None:
+                if existing[0] == digest:
+                    return False
+                raise UploadConflict(f"The object {target.key} already exists with other content: two local "
+                                     f"files with the same name cannot be uploaded in one call.")
+            used = connection.execute("SELECT COALESCE(SUM(size), 0) FROM uploads WHERE owner = ? AND created_at >= ?",
+                                      (target.owner, now - self.ttl_seconds)).fetchone()[0]
+            if used + size > self.capacity_bytes:
+                raise UploadQuotaExceeded(f"This key's temporary files would exceed {self.capacity_bytes} bytes; "
+                                          f"space frees as uploads expire ({self.ttl_seconds / 3600:g} h).")
+            connection.execute(
+                "INSERT INTO uploads (key, owner, model, file, digest, size, created_at) VALUES (?,?,?,?,?,?,?)",
+                (target.key, target.owner, target.model, file, digest, size, now))
+        return True
 
     def resolve(self, reference: str, owner: str, model: str) -> bytes:
         """The bytes behind ``oss://<key>``, for the key and model that uploaded them, until they expire."""

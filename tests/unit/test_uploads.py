@@ -9,7 +9,13 @@ from dataclasses import replace
 import pytest
 
 from qwen_image_server.errors import AccessDenied, InvalidParameter
-from qwen_image_server.media.uploads import ACCESS_KEY_ID, UploadConflict, UploadForm, UploadStore
+from qwen_image_server.media.uploads import (
+    ACCESS_KEY_ID,
+    UploadConflict,
+    UploadForm,
+    UploadQuotaExceeded,
+    UploadStore,
+)
 
 HOUR = 3600.0
 
@@ -29,7 +35,7 @@ def clock() -> Clock:
 
 def make_store(tmp_path, clock, secret: bytes = b"s" * 32) -> UploadStore:
     return UploadStore(tmp_path / "uploads", tmp_path / "server.db", secret, ttl_seconds=48 * HOUR,
-                       policy_seconds=300, max_bytes=1000, clock=clock)
+                       policy_seconds=300, max_bytes=1000, capacity_bytes=2500, clock=clock)
 
 
 @pytest.fixture
@@ -142,3 +148,15 @@ def test_uploads_expire_after_the_ttl_and_are_removed(store, clock):
 def test_uploads_survive_a_restart(tmp_path, clock, store):
     reference = upload(store, form_for(store))
     assert make_store(tmp_path, clock).resolve(reference, "key-1", "m") == b"image bytes"
+
+
+def test_a_key_is_held_to_its_capacity_until_its_uploads_expire(store, clock):
+    for name in ("a.png", "b.png"):
+        upload(store, form_for(store, name), b"x" * 1000)
+    with pytest.raises(UploadQuotaExceeded):
+        upload(store, form_for(store, "c.png"), b"x" * 1000)
+    upload(store, form_for(store, "d.png", owner="key-2"), b"x" * 1000)  # other keys have their own
+    upload(store, form_for(store, "e.png"), b"x" * 500)  # what still fits
+    assert len(list(store.directory.iterdir())) == 4  # the refused file is not left behind
+    clock.now += 49 * HOUR
+    upload(store, form_for(store, "f.png"), b"x" * 1000)

@@ -42,7 +42,8 @@ class UploadService:
         return UploadPolicyResponse(request_id=request_id, data=UploadPolicy(
             policy=grant.policy, signature=grant.signature, upload_dir=grant.upload_dir,
             upload_host=self.upload_host, expire_in_seconds=grant.expires_in_seconds,
-            max_file_size_mb=size_mb, capacity_limit_mb=size_mb, oss_access_key_id=ACCESS_KEY_ID,
+            max_file_size_mb=size_mb, capacity_limit_mb=max(1, math.floor(self.store.capacity_bytes / MiB)),
+            oss_access_key_id=ACCESS_KEY_ID,
             x_oss_object_acl=OBJECT_ACL, x_oss_forbid_overwrite=FORBID_OVERWRITE))
 
     async def upload(self, form: UploadForm, data: bytes, request_id: str) -> UploadedResponse:
