@@ -18,8 +18,12 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
 
 with atheris.instrument_imports():
+    from PIL import Image
+
     from qwen_image_server.errors import InvalidImage
     from qwen_image_server.media.images import ImageLimits, decode_image, parse_data_uri
+
+    Image.init()  # the format plugins load lazily: import them here, so they are instrumented too
 
 LIMITS = ImageLimits(max_bytes=1 << 20, max_pixels=4_000_000, min_side=1, max_side=4096)
 

@@ -23,6 +23,8 @@ with atheris.instrument_imports():
     from qwen_image_server.errors import InvalidImage
     from qwen_image_server.media.images import ImageLimits, decode_image
 
+    Image.init()  # the format plugins load lazily: import them here, so they are instrumented too
+
 LIMITS = ImageLimits(max_bytes=1 << 20, max_pixels=4_000_000, min_side=1, max_side=4096)
 
 
@@ -37,7 +39,6 @@ def test_one_input(data: bytes) -> None:
 
 def main() -> None:
     warnings.simplefilter("ignore", UserWarning)  # Pillow's "corrupt EXIF" chatter; the bomb warning stays an error
-    Image.init()
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 

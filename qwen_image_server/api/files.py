@@ -16,11 +16,19 @@ router = APIRouter(tags=["Results"])
                   summary="A generated image (signed URL)")
 async def result_file(name: str, request: Request) -> FileResponse:
     store: ResultStore = request.app.state.results
-    expires = request.query_params.get("Expires", "")
-    signature = request.query_params.get("Signature", "")
-    if not expires.isdigit() or len(expires) > 12:
+    expires, signature = _single(request, "Expires"), _single(request, "Signature")
+    # isdigit() alone admits "²" (int() refuses it) and other scripts' digits: ASCII only.
+    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
         raise ResultNotFound()
     path = store.path_for(name, int(expires), signature)
     return FileResponse(path, media_type=media_type(path.name), headers={
         "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400",
         "Content-Security-Policy": "default-src 'none'"})
+
+
+def _single(request: Request, parameter: str) -> str:
+    """The one value of ``parameter``; a repeated one is refused, so no reader can pick a different copy."""
+    values = request.query_params.getlist(parameter)
+    if len(values) != 1:
+        raise ResultNotFound()
+    return values[0]

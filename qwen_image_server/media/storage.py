@@ -38,7 +38,8 @@ class UrlSigner:
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def verify(self, name: str, expires: int, signature: str) -> bool:
-        return hmac.compare_digest(self.signature(name, expires), signature)
+        # compare_digest raises TypeError on non-ASCII str; a hex signature is ASCII, so anything else is wrong.
+        return signature.isascii() and hmac.compare_digest(self.signature(name, expires), signature)
 
 
 def load_or_create_secret(path: Path) -> bytes:
