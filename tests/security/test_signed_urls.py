@@ -150,19 +150,20 @@ def assert_not_found(status: int, headers: dict[str, str], body: bytes, target: 
 def test_every_altered_url_is_the_same_404_and_opens_nothing_outside_results(server, result, opened_files):
     targets = bad_targets(server, result)
     assert len(targets) > 150
+    good = urlsplit(result["url"])
     opened_files.watching = True
     try:
         answers = [(target, *raw(server, target)) for target in targets]
+        assert raw(server, f"{good.path}?{good.query}")[0] == 200  # control: the hook sees the server's opens
     finally:
         opened_files.watching = False
     for target, status, headers, body in answers:
         assert_not_found(status, headers, body, target)
     data_dir = str(server.settings.data_dir.resolve())
-    results_dir = str(server.app.state.results.directory.resolve())
-    outside = [path for path in opened_files.paths
-               if os.path.realpath(path).startswith(data_dir) and not os.path.realpath(path).startswith(results_dir)]
-    assert outside == []
-    assert not any(os.path.realpath(path).startswith(("/etc", "C:")) for path in opened_files.paths)
+    served = os.path.realpath(server.app.state.results.directory / result["name"])
+    opened = [os.path.realpath(path) for path in opened_files.paths]
+    assert [path for path in opened if path.startswith(data_dir)] == [served]
+    assert all(path.endswith((".py", ".pyc")) for path in opened if not path.startswith(data_dir)), opened
 
 
 def test_the_real_url_serves_a_fixed_image_type_and_head_matches_get(server, result):
