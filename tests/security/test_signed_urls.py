@@ -285,3 +285,19 @@ def test_keys_are_compared_as_fixed_length_hashes_against_every_stored_key(tmp_p
         assert len(calls) == len(keys)
         assert all(len(a) == len(b) == 64 for a, b in calls)
         assert {a for a, _ in calls} == {hashlib.sha256(presented.encode()).hexdigest()}
+
+
+def test_a_name_with_a_trailing_newline_never_reaches_the_disk(server, result):
+    """``$`` matches before a final newline: with ``re.match`` a validly signed "<name>\\n" passed the name check,
+    reached the disk and was a 500 (no content type for "png\\n"). A file of that name exists here, so only the
+    pattern can refuse it."""
+    store = server.app.state.results
+    sneaky = result["name"] + "\n"
+    (store.directory / sneaky).write_bytes(b"<script>alert(1)</script>")
+    try:
+        expires = int(result["expires"])
+        signature = store.signer.signature(sneaky, expires)
+        target = f"/results/{quote(sneaky, safe='')}?Expires={expires}&Signature={signature}"
+        assert_not_found(*raw(server, target), target)
+    finally:
+        (store.directory / sneaky).unlink()
