@@ -1,4 +1,5 @@
-"""Fuzz ``decode_image``: whatever the bytes, it returns an RGB image within the limits or raises ``InvalidImage``.
+"""Fuzz ``decode_image`` (and ``decode_mask`` on what decodes): whatever the bytes, an image within the limits
+or ``InvalidImage``.
 
     python fuzz/fuzz_decode_image.py -max_total_time=600 -max_len=65536 /tmp/fuzz-decode fuzz/seeds/decode \
         tests/security/data/pillow-hostile
@@ -21,7 +22,7 @@ with atheris.instrument_imports():
     from PIL import Image
 
     from qwen_image_server.errors import InvalidImage
-    from qwen_image_server.media.images import ImageLimits, decode_image
+    from qwen_image_server.media.images import ImageLimits, decode_image, decode_mask
 
     Image.init()  # the format plugins load lazily: import them here, so they are instrumented too
 
@@ -31,10 +32,13 @@ LIMITS = ImageLimits(max_bytes=1 << 20, max_pixels=4_000_000, min_side=1, max_si
 def test_one_input(data: bytes) -> None:
     try:
         image = decode_image(data, LIMITS)
+        mask = decode_mask(data, LIMITS)
     except InvalidImage:
         return
     if image.mode != "RGB" or image.width * image.height > LIMITS.max_pixels:
         raise AssertionError(f"decoded outside the limits: {image.mode} {image.size}")
+    if mask.mode != "L" or mask.size != image.size:
+        raise AssertionError(f"mask {mask.mode} {mask.size} for an image of {image.size}")
 
 
 def main() -> None:
