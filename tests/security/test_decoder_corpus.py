@@ -131,10 +131,13 @@ SAMPLE = ["crash-2020-10-test.tif", "decompression_bomb.gif", "timeout-664630504
           "timeout-d675703545fee17acab56e5fec644c19979175de.eps", "decompression_bomb.ico"]
 
 
+@pytest.mark.parametrize("via", ["data-uri", "url"])
 @pytest.mark.parametrize("name", SAMPLE)
-def test_hostile_files_through_the_api_are_400_in_its_format(server, name):
+def test_hostile_files_through_the_api_are_400_in_its_format(server, image_host, name, via):
+    data = (CORPUS / name).read_bytes()
+    image = data_uri(data) if via == "data-uri" else image_host.add(f"hostile-{name}", data, "image/png")
     body = {"model": "qwen-image-edit-plus", "parameters": {"size": "512*512"}, "input": {"messages": [
-        {"role": "user", "content": [{"image": data_uri((CORPUS / name).read_bytes())}, {"text": "x"}]}]}}
+        {"role": "user", "content": [{"image": image}, {"text": "x"}]}]}}
     with server.client() as client:
         reply = client.post(ROUTE, json=body, timeout=30)
     payload = reply.json()
