@@ -17,8 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 from tests.conftest import png_bytes
 
 PNG = png_bytes((64, 64))
-BOMB_BYTES = 64 * 1024 * 1024
-GZIP_BOMB = gzip.compress(bytes(BOMB_BYTES), compresslevel=9)  # 64 MiB of zeros in about 64 KiB
+BOMB_BYTES = 256 * 1024 * 1024
+# gzip members concatenate: 256 copies of one compressed MiB of zeros inflate to 256 MiB, from about 260 KiB.
+GZIP_BOMB = gzip.compress(bytes(1024 * 1024), compresslevel=9) * (BOMB_BYTES // (1024 * 1024))
 
 
 def _read_request(conn: socket.socket) -> str | None:
@@ -196,7 +197,7 @@ def _endless(head: bytes, chunk: bytes) -> Callable[[threading.Event, socket.soc
     return respond
 
 
-def _declaring(length: int, then: Callable[[threading.Event, socket.socket], object] | None = None
+def _declaring(length: int, then: Callable[[threading.Event, socket.socket], None] | None = None
                ) -> Callable[[threading.Event, socket.socket, Query], bool]:
     """Sends the PNG under a ``Content-Length`` that is not its length, then closes (or ``then``)."""
     def respond(stop: threading.Event, conn: socket.socket, query: Query) -> bool:
@@ -214,8 +215,19 @@ def _reset_mid_body(stop: threading.Event, conn: socket.socket, query: Query) ->
     return False
 
 
+def _hold(stop: threading.Event, conn: socket.socket) -> None:
+    """Keep the connection open, sending nothing, until the client closes it or the server stops."""
+    conn.settimeout(0.05)
+    while not stop.is_set():
+        try:
+            if not conn.recv(65536):
+                return
+        except TimeoutError:
+            continue
+
+
 def _silent(stop: threading.Event, conn: socket.socket, query: Query) -> bool:
-    stop.wait()
+    _hold(stop, conn)
     return False
 
 
@@ -240,7 +252,7 @@ BEHAVIOURS: dict[str, Callable[[threading.Event, socket.socket, Query], bool]] =
     "/continue-flood": _endless(b"", b"HTTP/1.1 100 Continue\r\n\r\n"),
     "/length-short": _declaring(10),
     "/length-long": _declaring(len(PNG) + 1000),
-    "/length-long-stall": _declaring(len(PNG) + 1000, lambda stop, conn: stop.wait()),
+    "/length-long-stall": _declaring(len(PNG) + 1000, _hold),
     "/length-huge": _declaring(10**12),
     "/gzip": lambda stop, conn, query: _send(conn, 200, GZIP_BOMB, Content_Encoding="gzip"),
     # Labelled brotli: nothing decodes it, so which compressor made the bytes does not matter.
