@@ -11,7 +11,7 @@ from bench.load import overload, steady
 from bench.processes import ServerProcess, environment_settings
 from qwen_image_server.keys import KeyStore
 
-MAX_PENDING = 2
+MAX_PENDING = 4  # above the steady clients, so the steady load never meets the bound
 # Budgets for a busy 2-core CI machine; bench/load.py prints the figures of a longer run.
 STEADY_P95_SECONDS = {"sync 512*512": 20.0, "async submit": 2.0, "task GET": 2.0, "healthz": 2.0}
 THROTTLE_P95_SECONDS = 1.0
@@ -39,10 +39,10 @@ def test_a_steady_load_holds_its_budget(server):
 
 def test_an_overload_burst_gets_only_200_or_fast_429_and_the_server_recovers(server):
     process, key = server
-    result = overload(process.url, key, burst=24, capacity=MAX_PENDING + 1, recovery_timeout=120)
+    result = overload(process.url, key, burst=40, capacity=MAX_PENDING + 1, recovery_timeout=120)
     assert result.tally.errors == [], result.tally.errors[:5]
     assert set(result.tally.statuses) == {200, 429}, result.tally.statuses
-    assert result.tally.statuses[429] >= 24 - 2 * (MAX_PENDING + 1), "most of a 8x burst is refused"
+    assert result.tally.statuses[429] >= 40 - 2 * (MAX_PENDING + 1), "most of an 8x burst is refused"
     assert result.bad_throttles == []
     throttled_p95 = result.tally.percentile("burst submit", 0.95)
     assert throttled_p95 < THROTTLE_P95_SECONDS, throttled_p95
