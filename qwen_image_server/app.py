@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -60,7 +61,10 @@ def create_app(settings: Settings) -> FastAPI:
         runners = [EngineRunner(Engine(registry, device, settings.prompt_extend_max_new_tokens))
                    for device in Device.choose_all(settings.device, settings.cuda_devices)]
         queue = TaskQueue(store, settings.max_pending_tasks, settings.task_poll_seconds, workers=len(runners))
-        workers = [Worker(f"{device_label(runner)}-{index}", runner, queue, results, limits, metrics,
+        # A name unique to this start: two processes on one data directory (or a restart while a dead
+        # process's leases still run) never take each other's tasks for their own.
+        instance = secrets.token_hex(4)
+        workers = [Worker(f"{device_label(runner)}-{index}-{instance}", runner, queue, results, limits, metrics,
                           settings.task_lease_seconds, settings.max_batch_size)
                    for index, runner in enumerate(runners)]
         fetcher = ImageFetcher(settings)
