@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from qwen_image_server.api.errors import install_error_handlers
 from qwen_image_server.api.limits import RateLimiter
 from qwen_image_server.api.openai import routes as openai_routes
 from qwen_image_server.api.openai.service import OpenAIImagesService
+from qwen_image_server.api.openapi import install_openapi
 from qwen_image_server.api.submissions import GenerationService
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.engine.engine import Device, Engine, EngineRunner
@@ -59,7 +61,10 @@ def create_app(settings: Settings) -> FastAPI:
         runners = [EngineRunner(Engine(registry, device, settings.prompt_extend_max_new_tokens))
                    for device in Device.choose_all(settings.device, settings.cuda_devices)]
         queue = TaskQueue(store, settings.max_pending_tasks, settings.task_poll_seconds, workers=len(runners))
-        workers = [Worker(f"{device_label(runner)}-{index}", runner, queue, results, limits, metrics,
+        # A name unique to this start: two processes on one data directory (or a restart while a dead
+        # process's leases still run) never take each other's tasks for their own.
+        instance = secrets.token_hex(4)
+        workers = [Worker(f"{device_label(runner)}-{index}-{instance}", runner, queue, results, limits, metrics,
                           settings.task_lease_seconds, settings.max_batch_size)
                    for index, runner in enumerate(runners)]
         fetcher = ImageFetcher(settings)
@@ -106,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
+    install_openapi(app)
     return app
 
 

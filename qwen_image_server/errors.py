@@ -113,6 +113,14 @@ class InferenceFailed(ServiceError):
     default_message = "Inference internal error."
 
 
+class ResultStorageFailed(ServiceError):
+    """The image was made but could not be stored (disk full, read-only): the task fails with the cause."""
+
+    code = "InternalError.Upload"
+    status = 500
+    default_message = "Failed to store the result."
+
+
 class ModelUnavailable(ServiceError):
     code = "ModelUnavailable"
     status = 503

@@ -7,6 +7,7 @@ OpenAI's ``{"error": {message, type, param, code}}``, with our error codes in ``
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -77,7 +78,22 @@ def _describe(problem: dict) -> str:
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
     code = _HTTP_CODES.get(error.status_code, "InvalidParameter")
-    return _answer(request, error.status_code, code, str(error.detail), dict(error.headers or {}))
+    headers = dict(error.headers or {})
+    if error.status_code == 405 and (methods := allowed_methods(request)):
+        headers["Allow"] = ", ".join(methods)
+    return _answer(request, error.status_code, code, str(error.detail), headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the schema documents at this path. Starlette's ``Allow`` names only the first matching
+    route's, and one path (``/api/v1/uploads``) has a GET route and a POST route."""
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part)
+                          for part in re.split(r"(\{[^/}]+\})", template))
+        if re.fullmatch(pattern, request.url.path):
+            methods = {method.upper() for method in operations}
+            return sorted(methods | {"HEAD"} if "GET" in methods else methods)
+    return []
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -3,32 +3,36 @@ failure."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
+from qwen_image_server.api.dashscope.protocol import ErrorResponse
 from qwen_image_server.errors import ResultNotFound
-from qwen_image_server.media.storage import RESULTS_ROUTE, ResultStore, media_type
+from qwen_image_server.media.storage import RESULTS_ROUTE, SERVED_MEDIA_TYPES, ResultStore, media_type
 
 router = APIRouter(tags=["Results"])
 
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The image", "content": {
+        media: {"schema": {"type": "string", "format": "binary"}} for media in SERVED_MEDIA_TYPES}},
+    404: {"model": ErrorResponse, "description": "Unknown, expired or wrongly signed: no detail on purpose"},
+}
 
-@router.api_route(RESULTS_ROUTE + "/{name}", methods=["GET", "HEAD"], response_class=FileResponse,
-                  summary="A generated image (signed URL)")
-async def result_file(name: str, request: Request) -> FileResponse:
+
+@router.get(RESULTS_ROUTE + "/{name}", response_class=FileResponse, responses=RESPONSES,
+            summary="A generated image (signed URL)", operation_id="get_result_file")
+@router.head(RESULTS_ROUTE + "/{name}", response_class=FileResponse, responses=RESPONSES,
+             summary="A generated image's headers (signed URL)", operation_id="head_result_file")
+async def result_file(name: str, request: Request, expires: Annotated[str, Query(alias="Expires")] = "",
+                      signature: Annotated[str, Query(alias="Signature")] = "") -> FileResponse:
     store: ResultStore = request.app.state.results
-    expires, signature = _single(request, "Expires"), _single(request, "Signature")
-    # isdigit() alone admits "²" (int() refuses it) and other scripts' digits: ASCII only.
-    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
+    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:  # str.isdigit() takes "²"
         raise ResultNotFound()
+    if any(len(request.query_params.getlist(copy)) > 1 for copy in ("Expires", "Signature")):
+        raise ResultNotFound()  # repeated: another reader of this URL could pick a different copy
     path = store.path_for(name, int(expires), signature)
     return FileResponse(path, media_type=media_type(path.name), headers={
         "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400",
         "Content-Security-Policy": "default-src 'none'"})
-
-
-def _single(request: Request, parameter: str) -> str:
-    """The one value of ``parameter``; a repeated one is refused, so no reader can pick a different copy."""
-    values = request.query_params.getlist(parameter)
-    if len(values) != 1:
-        raise ResultNotFound()
-    return values[0]

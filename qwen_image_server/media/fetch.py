@@ -236,16 +236,20 @@ class ImageFetcher:
         """The raw body, capped while streaming: ``Content-Length`` may only make us stop sooner."""
         if not response.is_success:
             raise InputDownloadFailed(f"Image download failed: the server answered HTTP {response.status_code}.")
-        too_big = InputDownloadFailed(f"Image download failed: the image exceeds {self._max_bytes} bytes.")
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._max_bytes:
-            raise too_big
+            raise self._too_big()
         body = bytearray()
         async for chunk in response.aiter_raw():
             body += chunk
             if len(body) > self._max_bytes:
-                raise too_big
+                raise self._too_big()
         return bytes(body)
+
+    def _too_big(self) -> InputDownloadFailed:
+        """A new error at the raise: one held in a local of ``_read_body`` would form a cycle with its own
+        traceback's frame and keep the partial body alive until the cyclic garbage collector ran."""
+        return InputDownloadFailed(f"Image download failed: the image exceeds {self._max_bytes} bytes.")
 
     def _checked(self, url: str | httpx.URL) -> httpx.URL:
         """Refuse what is wrong in the URL itself; the address is checked when connecting."""

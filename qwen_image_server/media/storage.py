@@ -27,6 +27,7 @@ _NAME_PATTERN = re.compile(r"[0-9a-f]{32}-[0-9]{1,2}\.(png|jpg|webp)")  # fullma
 # Output format (media/images.py) -> file extension -> the one content type its files are served with.
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+SERVED_MEDIA_TYPES = tuple(_MEDIA_TYPES.values())
 
 
 class UrlSigner:

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from qwen_image_server.errors import InvalidImage, ServiceError
+from qwen_image_server.errors import InvalidImage, ResultStorageFailed, ServiceError
 from qwen_image_server.media.images import ImageLimits, add_watermark, decode_image, encode_image
 from qwen_image_server.media.storage import ResultStore
 from qwen_image_server.metrics import Metrics
@@ -49,6 +49,7 @@ class Worker:
         self.max_batch = max_batch
 
     async def run_forever(self) -> None:
+        log.info("worker %s: started", self.name)
         while True:
             if not self.runner.ready:
                 await self.queue.wait_for_work()
@@ -135,7 +136,13 @@ class Worker:
 
     async def _succeed(self, record: TaskRecord, job: Job, result: JobResult, engine_share: float) -> None:
         """``engine_share``: this task's part of its batch's pipeline time, which paces ``Retry-After``."""
-        outputs = await asyncio.to_thread(self._store_images, record.task_id, result, job)
+        try:
+            outputs = await asyncio.to_thread(self._store_images, record.task_id, result, job)
+        except OSError as error:
+            log.error("task %s: storing its result failed: %s", record.task_id, error)
+            cause = error.strerror or type(error).__name__
+            await self._fail(record, ResultStorageFailed(f"Failed to store the result image: {cause}."))
+            return
         if await asyncio.to_thread(self.store.succeed, record.task_id, self.name, outputs, result.actual_prompt):
             self._finished(record, TaskState.SUCCEEDED, engine_share)
             self.metrics.images_generated.labels(record.model).inc(len(outputs))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Header, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
 
 from qwen_image_server.api.auth import ApiKey
 from qwen_image_server.api.dashscope.protocol import (
@@ -20,7 +20,7 @@ from qwen_image_server.api.dashscope.protocol import (
     UploadPolicyResponse,
 )
 from qwen_image_server.api.dashscope.service import DashScopeService, wants_oss_resolve
-from qwen_image_server.api.dashscope.tasks import TaskViews
+from qwen_image_server.api.dashscope.tasks import MAX_PAGE_NO, MAX_PAGE_SIZE, TaskViews
 from qwen_image_server.api.dashscope.uploads import UploadService
 from qwen_image_server.api.errors import request_id_of
 from qwen_image_server.errors import AccessDenied
@@ -44,8 +44,10 @@ def get_upload_service(request: Request) -> UploadService:
 Service = Annotated[DashScopeService, Depends(get_service)]
 Tasks = Annotated[TaskViews, Depends(get_task_views)]
 Uploads = Annotated[UploadService, Depends(get_upload_service)]
-AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async")]
-OssResolveHeader = Annotated[str | None, Header(alias="X-DashScope-OssResourceResolve")]
+AsyncHeader = Annotated[str | None, Header(
+    alias="X-DashScope-Async", description="`enable`: answer a task id at once, then poll /api/v1/tasks/{task_id}")]
+OssResolveHeader = Annotated[str | None, Header(
+    alias="X-DashScope-OssResourceResolve", description="`enable`: resolve oss:// references to uploaded files")]
 
 
 def wants_async(header: str | None) -> bool:
@@ -87,7 +89,9 @@ async def cancel_task(task_id: str, request: Request, key_id: ApiKey, tasks: Tas
 
 @router.get("/tasks", response_model=TaskListResponse, response_model_exclude_none=True,
             responses=ERROR_RESPONSES, summary="The caller's tasks of the last 24 hours, newest first")
-async def list_tasks(request: Request, key_id: ApiKey, tasks: Tasks, page_no: int = 1, page_size: int = 10,
+async def list_tasks(request: Request, key_id: ApiKey, tasks: Tasks,
+                     page_no: Annotated[int, Query(ge=1, le=MAX_PAGE_NO)] = 1,
+                     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 10,
                      model_name: str | None = None, status: str | None = None, start_time: str | None = None,
                      end_time: str | None = None, api_key_id: str | None = None) -> TaskListResponse:
     return await tasks.list(key_id, request_id_of(request), page_no=page_no, page_size=page_size,
@@ -106,8 +110,9 @@ async def upload_policy(action: str, model: str, request: Request, key_id: ApiKe
              summary="OSS-style form upload of a temporary file; the signed policy stands in for the API key")
 async def upload_file(
     request: Request, uploads: Uploads, file: UploadFile,
-    key: Annotated[str, Form()], policy: Annotated[str, Form()], signature: Annotated[str, Form(alias="Signature")],
-    access_key_id: Annotated[str, Form(alias="OSSAccessKeyId")],
+    key: Annotated[str, Form(min_length=1)], policy: Annotated[str, Form(min_length=1)],
+    signature: Annotated[str, Form(alias="Signature", min_length=1)],
+    access_key_id: Annotated[str, Form(alias="OSSAccessKeyId", min_length=1)],
     object_acl: Annotated[str | None, Form(alias="x-oss-object-acl")] = None,
     forbid_overwrite: Annotated[str | None, Form(alias="x-oss-forbid-overwrite")] = None,
 ) -> UploadedResponse:

@@ -31,6 +31,7 @@ BEIJING = timezone(timedelta(hours=8), "UTC+8")
 UNKNOWN = "UNKNOWN"
 REGION = "local"
 MAX_PAGE_SIZE = 100
+MAX_PAGE_NO = 1_000_000  # keeps the row offset within SQLite's 64-bit integers
 
 
 def beijing_time(timestamp: float | None) -> str | None:
@@ -106,8 +107,9 @@ class TaskViews:
     async def list(self, key_id: str, request_id: str, *, page_no: int, page_size: int, model_name: str | None,
                    status: str | None, start_time: str | None, end_time: str | None,
                    api_key_id: str | None) -> TaskListResponse:
-        if page_no < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidParameter(f"page_no must be at least 1 and page_size between 1 and {MAX_PAGE_SIZE}.")
+        if not 1 <= page_no <= MAX_PAGE_NO or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidParameter(f"page_no must be between 1 and {MAX_PAGE_NO} and page_size between 1 and "
+                                   f"{MAX_PAGE_SIZE}.")
         try:
             state = TaskState(status) if status else None
         except ValueError as error:

@@ -30,6 +30,6 @@ async def generations(body: GenerationsRequest, request: Request, key_id: ApiKey
 
 @router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True,
              responses=ERROR_RESPONSES, summary="Edit uploaded images, or inpaint with a mask (OpenAI images API)")
-async def edits(form: Annotated[EditsForm, Form()], request: Request, key_id: ApiKey,
+async def edits(form: Annotated[EditsForm, Form(media_type="multipart/form-data")], request: Request, key_id: ApiKey,
                 service: Service) -> ImagesResponse:
     return await service.edit(form, key_id, request_id_of(request), request.is_disconnected)
