@@ -30,6 +30,8 @@ async def result_file(name: str, request: Request, expires: Annotated[str, Query
     store: ResultStore = request.app.state.results
     if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:  # str.isdigit() takes "²"
         raise ResultNotFound()
+    if any(len(request.query_params.getlist(copy)) > 1 for copy in ("Expires", "Signature")):
+        raise ResultNotFound()  # repeated: another reader of this URL could pick a different copy
     path = store.path_for(name, int(expires), signature)
     return FileResponse(path, media_type=media_type(path.name), headers={
         "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400",

@@ -9,7 +9,6 @@ metadata, so nothing from an input (EXIF, GPS, ICC, text chunks) leaks into a re
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import warnings
 from collections.abc import Iterator
@@ -101,7 +100,7 @@ def parse_data_uri(uri: str, limits: ImageLimits) -> bytes:
         raise too_long
     try:
         data = base64.b64decode(payload, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a non-ASCII character in the text
         raise InvalidImage("Image data URI does not hold valid base64 data.") from exc
     if len(data) > limits.max_bytes:
         raise too_long

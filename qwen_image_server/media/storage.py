@@ -23,7 +23,7 @@ from qwen_image_server.errors import ResultNotFound
 log = logging.getLogger(__name__)
 
 RESULTS_ROUTE = "/results"
-_NAME_PATTERN = re.compile(r"^[0-9a-f]{32}-[0-9]{1,2}\.(png|jpg|webp)$")
+_NAME_PATTERN = re.compile(r"[0-9a-f]{32}-[0-9]{1,2}\.(png|jpg|webp)")  # fullmatch: "$" admits a final "\n"
 # Output format (media/images.py) -> file extension -> the one content type its files are served with.
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
@@ -39,7 +39,8 @@ class UrlSigner:
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def verify(self, name: str, expires: int, signature: str) -> bool:
-        return hmac.compare_digest(self.signature(name, expires), signature)
+        # compare_digest raises TypeError on non-ASCII str; a hex signature is ASCII, so anything else is wrong.
+        return signature.isascii() and hmac.compare_digest(self.signature(name, expires), signature)
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -66,7 +67,7 @@ class ResultStore:
         The name depends only on the key, index and format, so a task that runs again overwrites its own files.
         """
         name = f"{key}-{index}.{_EXTENSIONS[output_format]}"
-        if _NAME_PATTERN.match(name) is None:
+        if _NAME_PATTERN.fullmatch(name) is None:
             raise ValueError(f"result key must be 32 hex digits, got {key!r}")
         temporary = self.directory / f".{name}.tmp"
         temporary.write_bytes(data)
@@ -75,7 +76,7 @@ class ResultStore:
 
     def read(self, name: str) -> bytes:
         """A stored result's bytes, for answers that carry the image itself rather than its URL."""
-        if _NAME_PATTERN.match(name) is None:
+        if _NAME_PATTERN.fullmatch(name) is None:
             raise ResultNotFound()
         return (self.directory / name).read_bytes()
 
@@ -89,7 +90,7 @@ class ResultStore:
 
     def path_for(self, name: str, expires: int, signature: str) -> Path:
         """The file behind a signed URL; any failure is the same ``ResultNotFound``."""
-        if _NAME_PATTERN.match(name) is None or expires < time.time():
+        if _NAME_PATTERN.fullmatch(name) is None or expires < time.time():
             raise ResultNotFound()
         if not self.signer.verify(name, expires, signature):
             raise ResultNotFound()
