@@ -1,9 +1,10 @@
-"""The ``qwen-image-server`` command: ``serve``, ``keys create``, ``demo-models``."""
+"""The ``qwen-image-server`` command: ``serve``, ``edit``, ``generate``, ``keys create``, ``demo-models``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,54 @@ def demo_models(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def one_shot(arguments: argparse.Namespace) -> int:
+    from qwen_image_server import oneshot
+    from qwen_image_server.errors import ServiceError
+
+    request = oneshot.Request(
+        model=arguments.model, prompt=arguments.prompt, images=list(getattr(arguments, "images", [])),
+        output=arguments.output, n=arguments.n, size=arguments.size, seed=arguments.seed,
+        negative_prompt=arguments.negative_prompt, prompt_extend=arguments.prompt_extend)
+    try:
+        if arguments.server:
+            api_key = arguments.api_key or os.environ.get("DASHSCOPE_API_KEY")
+            if not api_key:
+                print("--server needs an API key: --api-key or DASHSCOPE_API_KEY.", file=sys.stderr)
+                return 2
+            paths = oneshot.run_on_server(request, arguments.server, api_key)
+        else:
+            settings = _settings(arguments, ("preset", "models_config", "data_dir", "device"))
+            paths = oneshot.run_in_process(request, settings)
+    except (ServiceError, OSError) as error:
+        print(f"error: {getattr(error, 'message', None) or error}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _add_one_shot(commands: Any, name: str, default_model: str, help_text: str) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument("--prompt", "-p", required=True)
+    command.add_argument("--output", "-o", type=Path, default=Path("output.png"),
+                         help="where to write the image (.png, .jpg, .webp); several images get -1, -2, ...")
+    command.add_argument("--model", "-m", default=default_model)
+    command.add_argument("--n", type=int, default=1)
+    command.add_argument("--size", help="W*H")
+    command.add_argument("--seed", type=int)
+    command.add_argument("--negative-prompt", dest="negative_prompt")
+    command.add_argument("--prompt-extend", action="store_true", dest="prompt_extend",
+                         help="rewrite the prompt with the model's language model first")
+    command.add_argument("--server", help="a running server's base URL: submit there as a task instead")
+    command.add_argument("--api-key", dest="api_key", help="for --server (default: $DASHSCOPE_API_KEY)")
+    command.add_argument("--preset", choices=["demo", "real"], help="in process: demo (tiny offline models) or real")
+    command.add_argument("--models-config", type=Path, dest="models_config")
+    command.add_argument("--data-dir", type=Path, dest="data_dir")
+    command.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    command.set_defaults(handler=one_shot)
+    return command
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="qwen-image-server", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -73,6 +122,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-public-without-key", action="store_true", default=None,
                      dest="allow_public_without_key")
     run.set_defaults(handler=serve)
+
+    edit = _add_one_shot(commands, "edit", "qwen-image-edit-plus", "edit 1-3 images once, with a progress bar")
+    edit.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    _add_one_shot(commands, "generate", "qwen-image-2.0", "generate from text once, with a progress bar")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command",
                                                                               required=True)
