@@ -9,11 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from qwen_image_server.database import transaction
 
 KEY_PREFIX = "sk-"
 
@@ -35,22 +34,13 @@ class KeyStore:
     def __init__(self, database: Path) -> None:
         self.database = database
         database.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as connection:
+        with transaction(self.database) as connection:
             connection.execute(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.database, timeout=10)
-        try:
-            with connection:
-                yield connection
-        finally:
-            connection.close()
 
     def create(self, name: str = "default") -> str:
         """Creates a key and returns it; only its hash is kept, so this is the one time it is seen."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        with self._connect() as connection:
+        with transaction(self.database) as connection:
             connection.execute(
                 "INSERT INTO api_keys (id, key_hash, name, created_at) VALUES (?, ?, ?, ?)",
                 (secrets.token_hex(8), hash_key(key), name, time.time()),
@@ -58,13 +48,13 @@ class KeyStore:
         return key
 
     def count(self) -> int:
-        with self._connect() as connection:
+        with transaction(self.database) as connection:
             return int(connection.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
 
     def verify(self, key: str) -> str | None:
         """The key's id if ``key`` is valid, else None. Every stored hash is compared, in constant time."""
         presented = hash_key(key)
-        with self._connect() as connection:
+        with transaction(self.database) as connection:
             rows = connection.execute("SELECT id, key_hash FROM api_keys").fetchall()
         match = None
         for key_id, stored in rows:

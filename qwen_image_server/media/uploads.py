@@ -17,15 +17,14 @@ import hmac
 import json
 import os
 import re
-import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from qwen_image_server.database import transaction
 from qwen_image_server.errors import AccessDenied, InvalidParameter, ServiceError
 
 OSS_SCHEME = "oss://"
@@ -118,18 +117,8 @@ class UploadStore:
         # A key of its own, so a policy signature can never pass as a result-URL signature or the reverse.
         self._key = hmac.new(secret, b"qwen-image-server upload policy", hashlib.sha256).digest()
         directory.mkdir(parents=True, exist_ok=True)
-        with self._connect() as connection:
+        with transaction(self.database, durable=True) as connection:
             connection.execute(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.database, timeout=10)
-        try:
-            connection.execute("PRAGMA synchronous=FULL")
-            with connection:
-                yield connection
-        finally:
-            connection.close()
 
     def grant(self, owner: str, model: str) -> UploadGrant:
         """A policy for one fresh folder, bound to ``owner`` (a key id) and ``model``."""
@@ -189,7 +178,7 @@ class UploadStore:
     def _record(self, target: UploadTarget, file: str, digest: str, size: int) -> bool:
         """Records a stored file; False when the same bytes were already stored under this key."""
         now = self.clock()
-        with self._connect() as connection:
+        with transaction(self.database, durable=True) as connection:
             connection.execute("BEGIN IMMEDIATE")
             existing = connection.execute("SELECT digest FROM uploads WHERE key = ?", (target.key,)).fetchone()
             if existing is not None:
@@ -210,7 +199,7 @@ class UploadStore:
     def resolve(self, reference: str, owner: str, model: str) -> bytes:
         """The bytes behind ``oss://<key>``, for the key and model that uploaded them, until they expire."""
         key = reference.removeprefix(OSS_SCHEME)
-        with self._connect() as connection:
+        with transaction(self.database) as connection:
             row = connection.execute("SELECT owner, model, file, created_at FROM uploads WHERE key = ?",
                                      (key,)).fetchone()
         missing = InvalidParameter(
@@ -229,7 +218,7 @@ class UploadStore:
     def remove_expired(self) -> int:
         """Deletes expired uploads, rows first so nothing can resolve to a file being removed."""
         cutoff = self.clock() - self.ttl_seconds
-        with self._connect() as connection:
+        with transaction(self.database, durable=True) as connection:
             files = [row[0] for row in connection.execute("SELECT file FROM uploads WHERE created_at < ?",
                                                           (cutoff,))]
             connection.execute("DELETE FROM uploads WHERE created_at < ?", (cutoff,))
