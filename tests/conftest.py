@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.keys import KeyStore
+from qwen_image_server.media.fetch import ImageFetcher, Resolver, resolve_host
 from qwen_image_server.settings import MiB, Settings
 
 READY_TIMEOUT_SECONDS = 600
@@ -123,6 +125,19 @@ def wait_until_ready(url: str) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"server at {url} not ready after {READY_TIMEOUT_SECONDS} s")
+
+
+def fetch_each(settings: Settings, urls: Sequence[str], resolver: Resolver = resolve_host) -> list[bytes]:
+    """Fetch the URLs in turn with one fetcher, as the server shares one."""
+
+    async def run() -> list[bytes]:
+        fetcher = ImageFetcher(settings, resolver=resolver)
+        try:
+            return [await fetcher.fetch(url) for url in urls]
+        finally:
+            await fetcher.aclose()
+
+    return asyncio.run(run())
 
 
 def free_socket() -> socket.socket:

@@ -10,7 +10,6 @@ we add no test-only path to it.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import threading
@@ -24,9 +23,9 @@ import httpx
 import pytest
 
 from qwen_image_server.errors import InputDownloadFailed, InvalidURL
-from qwen_image_server.media.fetch import ImageFetcher, Resolver, resolve_host
+from qwen_image_server.media.fetch import resolve_host
 from qwen_image_server.settings import Settings
-from tests.conftest import RunningServer, free_socket, serving
+from tests.conftest import RunningServer, fetch_each, free_socket, serving
 from tests.security.upstreams import PNG, RawServer, canary, hostile_upstream, running
 
 ROUTE = "/api/v1/services/aigc/multimodal-generation/generation"
@@ -265,17 +264,6 @@ def test_proxy_variables_are_not_used(client: httpx.Client, canary_server: RawSe
 
 
 # --- The fetcher with a resolver of our own ------------------------------------------------------------
-
-
-def fetch_each(settings: Settings, urls: list[str], resolver: Resolver = resolve_host) -> list[bytes]:
-    async def run() -> list[bytes]:
-        fetcher = ImageFetcher(settings, resolver=resolver)
-        try:
-            return [await fetcher.fetch(url) for url in urls]
-        finally:
-            await fetcher.aclose()
-
-    return asyncio.run(run())
 
 
 def fetcher_settings(tmp_path: Path, canary_port: int, **options: Any) -> Settings:

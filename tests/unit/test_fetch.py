@@ -5,7 +5,6 @@ A refused URL must be refused before any connection: the canary server must see 
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -18,8 +17,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from qwen_image_server.errors import InputDownloadFailed, InvalidURL
-from qwen_image_server.media.fetch import USER_AGENT, ImageFetcher, Resolver, is_public_address, resolve_host
+from qwen_image_server.media.fetch import USER_AGENT, Resolver, is_public_address, resolve_host
 from qwen_image_server.settings import Settings
+from tests.conftest import fetch_each
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8  # only the bytes travel; nothing decodes them here
 MAX_BYTES = 4096
@@ -121,19 +121,6 @@ def host() -> Iterator[ImageServer]:
 @pytest.fixture
 def other() -> Iterator[ImageServer]:
     yield from serve()
-
-
-def fetch_each(settings: Settings, urls: Sequence[str], resolver: Resolver = resolve_host) -> list[bytes]:
-    """Fetch the URLs in turn with one fetcher, as the server shares one."""
-
-    async def run() -> list[bytes]:
-        fetcher = ImageFetcher(settings, resolver=resolver)
-        try:
-            return [await fetcher.fetch(url) for url in urls]
-        finally:
-            await fetcher.aclose()
-
-    return asyncio.run(run())
 
 
 def fetch(settings: Settings, url: str, resolver: Resolver = resolve_host) -> bytes:
