@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,17 @@ def timed(client: httpx.Client, tally: Tally, kind: str, method: str, path: str,
     return response
 
 
+def run_concurrently(work: Callable[[], None], threads: int) -> float:
+    """Runs ``work`` in that many threads at once; the seconds until the last one ends."""
+    running = [threading.Thread(target=work) for _ in range(threads)]
+    started = time.perf_counter()
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def steady(url: str, key: str, clients: int, seconds: float) -> Tally:
     """Closed-loop clients for ``seconds``; each loop is sync, async + polls, and cheap GETs."""
     tally = Tally()
@@ -109,13 +121,7 @@ def steady(url: str, key: str, clients: int, seconds: float) -> Tally:
                     timed(client, tally, "healthz", "GET", "/healthz")
                     time.sleep(0.1)
 
-    threads = [threading.Thread(target=loop) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    tally.seconds = time.perf_counter() - started
+    tally.seconds = run_concurrently(loop, clients)
     return tally
 
 
@@ -144,13 +150,7 @@ def overload(url: str, key: str, burst: int, capacity: int, recovery_timeout: fl
                         and int(response.headers.get("Retry-After", "0")) >= 1):
                     bad.append(response.text[:200])
 
-    threads = [threading.Thread(target=submit) for _ in range(burst)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    tally.seconds = time.perf_counter() - started
+    tally.seconds = run_concurrently(submit, burst)
     ended = time.monotonic()
     with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
         while time.monotonic() - ended < recovery_timeout:
