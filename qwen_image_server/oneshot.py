@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ import httpx
 from PIL import Image
 from tqdm import tqdm
 
+from qwen_image_server.engine.rules import check_seed
 from qwen_image_server.errors import InvalidParameter, ServiceError
 from qwen_image_server.media.images import ImageLimits, decode_image, encode_image
 from qwen_image_server.settings import Settings
 
-MAX_SEED = 2**31 - 1
 GENERATION = "/api/v1/services/aigc/multimodal-generation/generation"
 
 
@@ -65,7 +64,7 @@ def run_in_process(request: Request, settings: Settings) -> list[Path]:
     images = [decode_image(path.read_bytes(), ImageLimits.from_settings(settings)) for path in request.images]
     width, height = spec.rules.output_size(spec.rules.requested_size(request.size),
                                            images[-1].size if images else None, spec.family.output_multiple)
-    seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
+    seed = check_seed(request.seed)
     job = Job(model=spec.name, prompt=request.prompt, width=width, height=height, seed=seed, n=request.n,
               images=images, negative_prompt=request.negative_prompt, prompt_extend=request.prompt_extend)
     engine = Engine(registry, Device.choose_all(settings.device, settings.cuda_devices)[0],

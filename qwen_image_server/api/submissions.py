@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from PIL.Image import Image
 
 from qwen_image_server.api.limits import RateLimiter
 from qwen_image_server.engine.registry import ModelRegistry, ModelSpec
-from qwen_image_server.engine.rules import Size
+from qwen_image_server.engine.rules import Size, check_seed
 from qwen_image_server.errors import InvalidParameter, InvalidURL, ModelUnavailable, ServiceError
 from qwen_image_server.media.fetch import ImageFetcher
 from qwen_image_server.media.images import ImageLimits, decode_image, decode_mask, encode_image, parse_data_uri
@@ -30,7 +29,6 @@ from qwen_image_server.tasks.queue import TaskQueue
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**31 - 1
 NEGATIVE_PROMPT_LIMIT = 500
 
 Disconnected = Callable[[], Awaitable[bool]]
@@ -75,14 +73,6 @@ class PreparedJob:
         if not self.spec.family.batches_prompts or self.inputs:
             return None
         return f"{self.job.model}|{self.job.width}x{self.job.height}|n={self.job.n}"
-
-
-def check_seed(seed: int | None) -> int:
-    if seed is None:
-        return secrets.randbelow(MAX_SEED + 1)
-    if not 0 <= seed <= MAX_SEED:
-        raise InvalidParameter(f"Parameter seed must be in [0, {MAX_SEED}].", param="seed")
-    return seed
 
 
 def check_mask_support(spec: ModelSpec, registry: ModelRegistry, image_count: int) -> None:

@@ -1,4 +1,4 @@
-"""Per-model request rules of the hosted API (spec §1.1): image counts, ``n``, and ``size``.
+"""Request rules of the hosted API (spec §1.1): per model, image counts, ``n`` and ``size``; for all, ``seed``.
 
 Torch-free: the HTTP layer applies these before anything reaches the engine.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +18,16 @@ Size = tuple[int, int]
 
 EDIT_TARGET_PIXELS = 1024 * 1024
 FIXED_T2I_SIZES: tuple[Size, ...] = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664))
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed: int | None) -> int:
+    """The seed to use: the given one once in range, else a random one."""
+    if seed is None:
+        return secrets.randbelow(MAX_SEED + 1)
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidParameter(f"Parameter seed must be in [0, {MAX_SEED}].", param="seed")
+    return seed
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from qwen_image_server.api.submissions import PreparedJob, check_mask_support, check_seed
+from qwen_image_server.api.submissions import PreparedJob, check_mask_support
 from qwen_image_server.engine.registry import ModelRegistry, builtin_specs
+from qwen_image_server.engine.rules import check_seed
 from qwen_image_server.errors import InvalidParameter
 from qwen_image_server.tasks.models import Job
 
