@@ -23,6 +23,7 @@ from qwen_image_server.api.limits import RateLimiter
 from qwen_image_server.api.openai import routes as openai_routes
 from qwen_image_server.api.openai.service import OpenAIImagesService
 from qwen_image_server.api.openapi import install_openapi
+from qwen_image_server.api.playground import install_playground
 from qwen_image_server.api.submissions import GenerationService
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.engine.engine import Device, Engine, EngineRunner
@@ -111,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
+    install_playground(app)
     install_openapi(app)
     return app
 
