@@ -1,8 +1,12 @@
-"""DashScope's Models API against a real server, through both official SDK styles and raw HTTP."""
+"""The model listings against a real server: DashScope's Models API through both official SDK styles and raw
+HTTP, and OpenAI's ``/v1/models`` through the ``openai`` SDK."""
 
 from __future__ import annotations
 
+import time
+
 import dashscope
+import openai
 import pytest
 from dashscope import Models
 
@@ -20,6 +24,12 @@ def point_sdk_at_server(server):
 @pytest.fixture(scope="module")
 def served(server) -> list[str]:
     return server.app.state.registry.names()
+
+
+@pytest.fixture(scope="module")
+def openai_client(server):
+    with openai.OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0, timeout=60) as client:
+        yield client
 
 
 def test_sdk_lists_the_served_names_a_page_at_a_time(server, served):
@@ -93,9 +103,29 @@ def test_page_bounds_are_a_400(server, params, name):
     assert reply.json()["code"] == "InvalidParameter" and name in reply.json()["message"]
 
 
-def test_listing_needs_the_api_key(server):
+@pytest.mark.parametrize("path", [MODELS, "/v1/models", "/v1/models/qwen-image"])
+def test_listings_need_the_api_key(server, path):
     with server.client() as client:
-        missing = client.get(MODELS, headers={"Authorization": ""})
-        wrong = client.get(MODELS, headers={"Authorization": "Bearer sk-wrong"})
+        missing = client.get(path, headers={"Authorization": ""})
+        wrong = client.get(path, headers={"Authorization": "Bearer sk-wrong"})
     for reply in (missing, wrong):
-        assert (reply.status_code, reply.json()["code"]) == (401, "InvalidApiKey")
+        assert reply.status_code == 401
+        body = reply.json()
+        assert (body["error"]["code"] if path.startswith("/v1/") else body["code"]) == "InvalidApiKey"
+
+
+def test_openai_sdk_lists_and_retrieves_the_served_names(openai_client, served):
+    listed = list(openai_client.models.list())
+    assert [model.id for model in listed] == served
+    assert {(model.object, model.owned_by) for model in listed} == {("model", "qwen")}
+    [created] = {model.created for model in listed}
+    assert 0 < created <= time.time()
+    retrieved = openai_client.models.retrieve("qwen-image-edit-plus")
+    assert (retrieved.id, retrieved.created, retrieved.owned_by) == ("qwen-image-edit-plus", created, "qwen")
+
+
+def test_openai_sdk_unknown_model_is_model_not_found(openai_client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        openai_client.models.retrieve("gpt-image-1")
+    assert caught.value.code == "model_not_found" and caught.value.type == "not_found_error"
+    assert "gpt-image-1" in caught.value.message
