@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
                    for index, runner in enumerate(runners)]
         fetcher = ImageFetcher(settings)
         app.state.registry = registry
+        app.state.started_at = int(time.time())
         app.state.keys = KeyStore(settings.database_path)
         app.state.results = results
         app.state.uploads = uploads

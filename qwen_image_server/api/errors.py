@@ -1,7 +1,8 @@
 """Every error leaves the server here, in the shape of the API surface its path belongs to.
 
 DashScope paths answer the hosted API's ``{request_id, code, message}``; OpenAI paths (``/v1/...``) answer
-OpenAI's ``{"error": {message, type, param, code}}``, with our error codes in ``code``.
+OpenAI's ``{"error": {message, type, param, code}}``, with our error codes in ``code`` except where OpenAI
+has a code of its own that its clients test for (``model_not_found``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _HTTP_CODES = {404: "NotFound", 405: "MethodNotAllowed", 413: "BadRequest.TooLar
 OPENAI_PREFIX = "/v1/"
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                  429: "rate_limit_error"}
+_OPENAI_CODES = {"ModelNotFound": "model_not_found"}
 
 
 def error_response(request_id: str, status: int, code: str, message: str, headers: dict[str, str] | None = None,
@@ -30,7 +32,8 @@ def error_response(request_id: str, status: int, code: str, message: str, header
     """The error JSON for a request to ``path``; ``param`` (the parameter at fault) only OpenAI's shape carries."""
     body: dict[str, object]
     if path.startswith(OPENAI_PREFIX):
-        body = {"error": {"message": message, "type": openai_error_type(status), "param": param, "code": code}}
+        body = {"error": {"message": message, "type": openai_error_type(status), "param": param,
+                          "code": _OPENAI_CODES.get(code, code)}}
     else:
         body = {"request_id": request_id, "code": code, "message": message}
     return JSONResponse(body, status_code=status, headers={"x-request-id": request_id, **(headers or {})})

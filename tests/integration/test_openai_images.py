@@ -148,6 +148,7 @@ def test_unknown_and_missing_models_list_the_served_names(client):
     error = expect_error(openai.NotFoundError, "models served here:",
                          lambda: client.images.generate(model="dall-e-3", prompt="x"), param="model")
     assert "qwen-image-2.0" in error.message and "qwen-image-edit-plus" in error.message
+    assert error.code == "model_not_found"
     expect_error(openai.BadRequestError, "model is required", lambda: client.images.generate(prompt="x"),
                  param="model")
 

@@ -26,3 +26,10 @@ def test_openai_paths_answer_openai_shape(status, error_type):
     response = error_response("rid", status, "Code", "message", {"Retry-After": "2"}, "/v1/images/edits", "mask")
     assert body(response) == {"error": {"message": "message", "type": error_type, "param": "mask", "code": "Code"}}
     assert response.status_code == status and response.headers["retry-after"] == "2"
+
+
+def test_openai_paths_use_openais_own_code_where_it_has_one():
+    openai = error_response("rid", 404, "ModelNotFound", "no such model", path="/v1/models/x")
+    hosted = error_response("rid", 404, "ModelNotFound", "no such model", path="/api/v1/uploads")
+    assert body(openai)["error"]["code"] == "model_not_found"
+    assert body(hosted)["code"] == "ModelNotFound"

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from qwen_image_server.api.wire import WireModel
+from qwen_image_server.engine.rules import SizeRule
 
 
 class ContentItem(WireModel):
@@ -187,6 +188,37 @@ class UploadedResponse(BaseModel):
 
     url: str
     request_id: str
+
+
+class ModelCapabilities(BaseModel):
+    """Our extension: what a model accepts, so a client can shape a request before sending it."""
+
+    min_images: int
+    max_images: int
+    max_n: int
+    size_rule: SizeRule
+    default_size: str | None
+    prompt_extend: bool
+    steps: int
+
+
+class ModelInfo(BaseModel):
+    model: str
+    provider: str = "qwen"
+    opensource: bool = True
+    capabilities: ModelCapabilities
+
+
+class ModelsOutput(BaseModel):
+    models: list[ModelInfo]
+    page_no: int
+    page_size: int
+    total: int
+
+
+class ModelsResponse(BaseModel):
+    request_id: str
+    output: ModelsOutput
 
 
 class ErrorResponse(BaseModel):

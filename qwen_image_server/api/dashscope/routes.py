@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
 
-from qwen_image_server.api.auth import ApiKey
+from qwen_image_server.api.auth import ApiKey, require_key
+from qwen_image_server.api.dashscope import models
 from qwen_image_server.api.dashscope.protocol import (
     ERROR_RESPONSES,
     CancelResponse,
     GenerationRequest,
     GenerationResponse,
+    ModelsResponse,
     SynthesisRequest,
     TaskCreatedResponse,
     TaskListResponse,
@@ -48,6 +50,8 @@ AsyncHeader = Annotated[str | None, Header(
     alias="X-DashScope-Async", description="`enable`: answer a task id at once, then poll /api/v1/tasks/{task_id}")]
 OssResolveHeader = Annotated[str | None, Header(
     alias="X-DashScope-OssResourceResolve", description="`enable`: resolve oss:// references to uploaded files")]
+PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE_NO)]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 
 
 def wants_async(header: str | None) -> bool:
@@ -90,13 +94,20 @@ async def cancel_task(task_id: str, request: Request, key_id: ApiKey, tasks: Tas
 @router.get("/tasks", response_model=TaskListResponse, response_model_exclude_none=True,
             responses=ERROR_RESPONSES, summary="The caller's tasks of the last 24 hours, newest first")
 async def list_tasks(request: Request, key_id: ApiKey, tasks: Tasks,
-                     page_no: Annotated[int, Query(ge=1, le=MAX_PAGE_NO)] = 1,
-                     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 10,
+                     page_no: PageNo = 1, page_size: PageSize = 10,
                      model_name: str | None = None, status: str | None = None, start_time: str | None = None,
                      end_time: str | None = None, api_key_id: str | None = None) -> TaskListResponse:
     return await tasks.list(key_id, request_id_of(request), page_no=page_no, page_size=page_size,
                             model_name=model_name, status=status, start_time=start_time, end_time=end_time,
                             api_key_id=api_key_id)
+
+
+@router.get("/models", response_model=ModelsResponse, responses=ERROR_RESPONSES, dependencies=[Depends(require_key)],
+            summary="The served models, a page at a time, with what each accepts (our extension: capabilities)")
+async def list_models(request: Request, page_no: PageNo = 1, page_size: PageSize = 10,
+                      model: str | None = None) -> ModelsResponse:
+    return models.list_models(request.app.state.registry, request_id_of(request), page_no=page_no,
+                              page_size=page_size, model=model)
 
 
 @router.get("/uploads", response_model=UploadPolicyResponse, responses=ERROR_RESPONSES,

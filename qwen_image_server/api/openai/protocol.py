@@ -1,4 +1,5 @@
-"""Wire models of OpenAI's images API (``/v1/images/generations`` and ``/v1/images/edits``).
+"""Wire models of OpenAI's images API (``/v1/images/generations`` and ``/v1/images/edits``) and of its
+models API (``/v1/models``).
 
 Unknown fields (``quality``, ``background``, ``style``, ``user``, ...) are tolerated and logged, as for any
 compatible surface. ``negative_prompt``, ``seed`` and ``prompt_extend`` are our extensions.
@@ -58,6 +59,18 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     output_format: OutputFormat
     size: str
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qwen"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
 
 
 class ErrorDetail(BaseModel):

@@ -1,4 +1,4 @@
-"""Thin routes of the OpenAI-compatible images API: parse, authenticate, hand to the service."""
+"""Thin routes of the OpenAI-compatible images and models APIs: parse, authenticate, hand to the service."""
 
 from __future__ import annotations
 
@@ -6,9 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 
-from qwen_image_server.api.auth import ApiKey
+from qwen_image_server.api.auth import ApiKey, require_key
 from qwen_image_server.api.errors import request_id_of
-from qwen_image_server.api.openai.protocol import ERROR_RESPONSES, EditsForm, GenerationsRequest, ImagesResponse
+from qwen_image_server.api.openai import models
+from qwen_image_server.api.openai.protocol import (
+    ERROR_RESPONSES,
+    EditsForm,
+    GenerationsRequest,
+    ImagesResponse,
+    Model,
+    ModelList,
+)
 from qwen_image_server.api.openai.service import OpenAIImagesService
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
@@ -33,3 +41,15 @@ async def generations(body: GenerationsRequest, request: Request, key_id: ApiKey
 async def edits(form: Annotated[EditsForm, Form(media_type="multipart/form-data")], request: Request, key_id: ApiKey,
                 service: Service) -> ImagesResponse:
     return await service.edit(form, key_id, request_id_of(request), request.is_disconnected)
+
+
+@router.get("/models", response_model=ModelList, responses=ERROR_RESPONSES, dependencies=[Depends(require_key)],
+            summary="The served models (OpenAI models API)")
+async def list_models(request: Request) -> ModelList:
+    return models.model_list(request.app.state.registry, request.app.state.started_at)
+
+
+@router.get("/models/{model}", response_model=Model, responses=ERROR_RESPONSES, dependencies=[Depends(require_key)],
+            summary="One served model; an unknown name is a 404 model_not_found (OpenAI models API)")
+async def retrieve_model(model: str, request: Request) -> Model:
+    return models.model_object(request.app.state.registry, model, request.app.state.started_at)
