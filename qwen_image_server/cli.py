@@ -26,12 +26,13 @@ def serve(arguments: argparse.Namespace) -> int:
     from qwen_image_server.keys import KeyStore
 
     settings = _settings(arguments, ("host", "port", "preset", "models_config", "enabled_models", "data_dir",
-                                     "public_base_url", "device", "allow_public_without_key"))
+                                     "public_base_url", "device", "create_first_key"))
     keys = KeyStore(settings.database_path)
     if keys.count() == 0:
-        if not settings.is_loopback and not settings.allow_public_without_key:
+        if not settings.is_loopback and not settings.create_first_key:
             print(f"refusing to listen on {settings.host}: no API key exists. Create one with "
-                  "`qwen-image-server keys create`, or pass --allow-public-without-key.", file=sys.stderr)
+                  "`qwen-image-server keys create`, or pass --create-first-key to have it created and "
+                  "printed (into the logs) at start.", file=sys.stderr)
             return 2
         print(f"No API key existed; created one (shown once, store it now):\n\n    {keys.create('first')}\n",
               flush=True)
@@ -119,8 +120,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, dest="data_dir")
     run.add_argument("--public-base-url", dest="public_base_url")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    run.add_argument("--allow-public-without-key", action="store_true", default=None,
-                     dest="allow_public_without_key")
+    run.add_argument("--create-first-key", action="store_true", default=None, dest="create_first_key",
+                     help="beyond loopback, create and print the first API key when none exists, instead of "
+                          "refusing to start (on loopback this is always done)")
     run.set_defaults(handler=serve)
 
     edit = _add_one_shot(commands, "edit", "qwen-image-edit-plus", "edit 1-3 images once, with a progress bar")

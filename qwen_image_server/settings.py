@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     public_base_url: str | None = None
-    allow_public_without_key: bool = False
+    create_first_key: bool = False  # beyond loopback too; it is printed, so it lands in the logs
     max_request_bytes: int = Field(32 * MiB, gt=0)
 
     # Models

@@ -86,6 +86,16 @@ def drop_image(page: Page, name: str, data: bytes) -> None:
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
 
 
+def paste_image(page: Page, name: str, data: bytes) -> None:
+    """A real paste event whose clipboard holds an image file, as pasting a screenshot produces."""
+    page.evaluate(
+        """([name, bytes]) => {
+            const clipboard = new DataTransfer();
+            clipboard.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
+            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: clipboard, bubbles: true}));
+        }""", [name, list(data)])
+
+
 def test_page_is_served_with_a_strict_policy(page_server: RunningServer) -> None:
     response = httpx.get(f"{page_server.url}/")
     assert response.status_code == 200
@@ -117,6 +127,7 @@ def test_key_is_kept_in_the_browser(page: Page, page_server: RunningServer) -> N
 
 def test_a_wrong_key_shows_the_api_error(page: Page) -> None:
     page.goto("/")
+    expect(page.get_by_role("status").first).to_contain_text("Paste the key")
     page.get_by_label("API key").fill("sk-not-a-key")
     page.get_by_role("button", name="Save key").click()
     expect(page.get_by_role("alert")).to_contain_text("InvalidApiKey")
@@ -154,7 +165,7 @@ def test_generate_shows_progress_then_results_and_recent_tasks(page: Page, page_
     for index in range(2):
         expect(gallery.nth(index)).to_have_js_property("naturalWidth", 512)
     expect(page.locator("#progress-section")).to_be_hidden()
-    expect(page.locator("#results-meta")).to_contain_text("512×512")
+    expect(page.locator("#results-meta")).to_contain_text("512*512")
     screenshot(page, "generated")
 
     rows = page.locator("#tasks tbody tr")
@@ -197,10 +208,13 @@ def test_edit_with_picked_and_dropped_images_then_keep_editing(page: Page, page_
     expect(page.get_by_label("Instruction")).to_be_focused()
 
 
-def test_a_fourth_image_is_refused_in_the_page(page: Page, page_server: RunningServer) -> None:
+def test_dropped_and_pasted_images_are_capped_at_three(page: Page, page_server: RunningServer) -> None:
     open_with_key(page, page_server.key)
-    for index in range(4):
-        drop_image(page, f"image-{index}.png", png_bytes((64, 64)))
+    drop_image(page, "image-0.png", png_bytes((64, 64)))
+    paste_image(page, "image-1.png", png_bytes((64, 64)))
+    expect(page.get_by_role("img", name="Input 2: image-1.png")).to_be_visible()
+    drop_image(page, "image-2.png", png_bytes((64, 64)))
+    drop_image(page, "image-3.png", png_bytes((64, 64)))
     expect(page.get_by_role("img", name=re.compile("^Input"))).to_have_count(3)
     expect(page.get_by_role("alert")).to_contain_text("Up to 3 input images")
     page.get_by_role("button", name="Remove input 1 (image-0.png)").click()

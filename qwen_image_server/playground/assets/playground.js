@@ -143,11 +143,13 @@ async function addImages(files) {
       showError(new ApiError("NotAnImage", `${file.name || "The pasted item"} is not an image.`));
       continue;
     }
+    const dataUrl = await readAsDataUrl(file);
+    // Checked after the read, with no await before the push: two quick drops must not both find room.
     if (inputs.length >= MAX_INPUTS) {
       showError(new ApiError("TooManyImages", `Up to ${MAX_INPUTS} input images; remove one first.`));
       break;
     }
-    inputs.push({ name: file.name || "pasted image", dataUrl: await readAsDataUrl(file) });
+    inputs.push({ name: file.name || "pasted image", dataUrl });
   }
   renderInputs();
 }
@@ -299,7 +301,7 @@ function showResults(output, usage, context) {
   gallery.replaceChildren(...results.map((result, index) => resultItem(output.task_id, result, index, results.length,
     context)));
   const facts = [`Task ${output.task_id}`];
-  if (usage) facts.push(`${usage.width}×${usage.height}`);
+  if (usage) facts.push(`${usage.width}*${usage.height}`);
   const extended = results[0]?.actual_prompt;
   if (extended && extended !== results[0].orig_prompt) facts.push(`extended prompt: “${extended}”`);
   $("results-meta").textContent = facts.join(" · ");
@@ -419,6 +421,8 @@ function start() {
   if (key) {
     $("api-key").value = key;
     connect();
+  } else {
+    $("key-status").textContent = "Paste the key the server printed at its first start.";
   }
 }
 
