@@ -21,7 +21,7 @@ from qwen_image_server.api.dashscope.protocol import (
     UploadedResponse,
     UploadPolicyResponse,
 )
-from qwen_image_server.api.dashscope.service import DashScopeService, wants_oss_resolve
+from qwen_image_server.api.dashscope.service import DashScopeService
 from qwen_image_server.api.dashscope.tasks import MAX_PAGE_NO, MAX_PAGE_SIZE, TaskViews
 from qwen_image_server.api.dashscope.uploads import UploadService
 from qwen_image_server.api.errors import request_id_of
@@ -54,7 +54,8 @@ PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE_NO)]
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 
 
-def wants_async(header: str | None) -> bool:
+def enabled(header: str | None) -> bool:
+    """The DashScope switch headers (``X-DashScope-Async``, ``X-DashScope-OssResourceResolve``) take ``enable``."""
     return (header or "").strip().lower() == "enable"
 
 
@@ -64,8 +65,8 @@ def wants_async(header: str | None) -> bool:
 async def multimodal_generation(body: GenerationRequest, request: Request, key_id: ApiKey, service: Service,
                                 x_dashscope_async: AsyncHeader = None, x_dashscope_ossresourceresolve:
                                 OssResolveHeader = None) -> GenerationResponse | TaskCreatedResponse:
-    resolve_oss = wants_oss_resolve(x_dashscope_ossresourceresolve)
-    if wants_async(x_dashscope_async):
+    resolve_oss = enabled(x_dashscope_ossresourceresolve)
+    if enabled(x_dashscope_async):
         return await service.submit_generation(body, key_id, request_id_of(request), resolve_oss)
     return await service.generate(body, key_id, request_id_of(request), resolve_oss, request.is_disconnected)
 
@@ -74,7 +75,7 @@ async def multimodal_generation(body: GenerationRequest, request: Request, key_i
              responses=ERROR_RESPONSES, summary="Generate from text as a task (needs X-DashScope-Async: enable)")
 async def image_synthesis(body: SynthesisRequest, request: Request, key_id: ApiKey, service: Service,
                           x_dashscope_async: AsyncHeader = None) -> TaskCreatedResponse:
-    if not wants_async(x_dashscope_async):
+    if not enabled(x_dashscope_async):
         raise AccessDenied("current user api does not support synchronous calls")
     return await service.submit_synthesis(body, key_id, request_id_of(request))
 

@@ -52,10 +52,6 @@ def parse_messages(payload: Input) -> tuple[str, list[str]]:
     return texts[0], images
 
 
-def wants_oss_resolve(header: str | None) -> bool:
-    return (header or "").strip().lower() == "enable"
-
-
 def job_request(spec: ModelSpec, prompt: str, sources: list[str], parameters: Parameters,
                 negative_prompt: str | None, oss_reader: str | None = None) -> JobRequest:
     return JobRequest(
