@@ -157,7 +157,7 @@ class GenerationService:
         return record
 
     def urls(self, record: TaskRecord) -> list[str]:
-        return [self.results.url(name, record.finished_at or time.time()) for name in record.outputs]
+        return self.results.urls(record.outputs, record.finished_at)
 
     async def load_inputs(self, sources: list[ImageSource], oss_reader: str | None,
                           model: str) -> list[tuple[bytes, tuple[int, int]]]:

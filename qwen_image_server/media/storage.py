@@ -84,6 +84,11 @@ class ResultStore:
         """The signed URL of a stored result, valid until the result expires."""
         return self.signed_url(name, int(stored_at) + self.ttl_seconds)
 
+    def urls(self, names: list[str], stored_at: float | None) -> list[str]:
+        """The signed URLs of one task's results, stored at ``stored_at`` (its end; now if unknown)."""
+        stored_at = stored_at or time.time()
+        return [self.url(name, stored_at) for name in names]
+
     def signed_url(self, name: str, expires: int) -> str:
         signature = self.signer.signature(name, expires)
         return f"{self.base_url}{RESULTS_ROUTE}/{name}?Expires={expires}&Signature={signature}"

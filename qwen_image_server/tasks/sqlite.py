@@ -98,8 +98,7 @@ class SqliteTaskStore:
 
     def create(self, task: NewTask, max_pending: int) -> bool:
         with self._write() as db:
-            pending = db.execute("SELECT COUNT(*) FROM tasks WHERE state = ?", (TaskState.PENDING,)).fetchone()[0]
-            if pending >= max_pending:
+            if self.count_pending() >= max_pending:  # this thread's connection: read inside the write lock
                 return False
             db.execute(
                 "INSERT INTO tasks (task_id, key_id, request_id, mode, model, state, parameters, batch_key, "

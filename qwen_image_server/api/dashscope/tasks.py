@@ -88,9 +88,8 @@ class TaskViews:
             output.end_time = beijing_time(record.finished_at)
         if record.state is TaskState.SUCCEEDED:
             prompt = record.parameters.get("prompt")
-            output.results = [TaskResult(url=self.results.url(name, record.finished_at or time.time()),
-                                         orig_prompt=prompt, actual_prompt=record.actual_prompt)
-                              for name in record.outputs]
+            output.results = [TaskResult(url=url, orig_prompt=prompt, actual_prompt=record.actual_prompt)
+                              for url in self.results.urls(record.outputs, record.finished_at)]
             output.task_metrics = TaskMetrics(TOTAL=n, SUCCEEDED=len(record.outputs), FAILED=n - len(record.outputs))
             usage = TaskUsage(image_count=len(record.outputs), width=record.parameters["width"],
                               height=record.parameters["height"])
