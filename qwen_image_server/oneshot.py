@@ -108,14 +108,14 @@ def run_on_server(request: Request, server: str, api_key: str, poll_seconds: flo
 
 
 def _follow(client: httpx.Client, task_id: str, bar: tqdm, poll_seconds: float) -> dict:
+    advance = _advance(bar)
     while True:
         reply = client.get(f"/api/v1/tasks/{task_id}")
         _raise_for_error(reply)
         output = reply.json()["output"]
         progress = output.get("progress")
         if progress:
-            bar.total = progress["total_steps"]
-            bar.update(progress["step"] - bar.n)
+            advance(progress["step"], progress["total_steps"])
         if output["task_status"] in ("SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"):
             if output["task_status"] == "SUCCEEDED" and bar.total:
                 bar.update(bar.total - bar.n)

@@ -77,8 +77,8 @@ class PreparedJob:
 
 def check_mask_support(spec: ModelSpec, registry: ModelRegistry, image_count: int) -> None:
     if spec.family.inpaint_pipeline_class is None:
-        takers = ", ".join(name for name in registry.names()
-                           if registry.get(name).family.inpaint_pipeline_class is not None)
+        takers = ", ".join(served.name for served in registry.specs()
+                           if served.family.inpaint_pipeline_class is not None)
         raise InvalidParameter(f"Model {spec.name} does not take a mask; models that inpaint with a mask: "
                                f"{takers or 'none served here'}.", param="mask")
     if image_count != 1:

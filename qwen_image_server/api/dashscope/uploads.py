@@ -21,8 +21,8 @@ from qwen_image_server.media.uploads import (
     UploadForm,
     UploadStore,
 )
+from qwen_image_server.settings import MiB
 
-MiB = 1024 * 1024
 UPLOADS_ROUTE = "/api/v1/uploads"
 
 
