@@ -26,12 +26,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, timeout_seconds: float,
+def wait_until_ready(url: str, process: subprocess.Popen | None, timeout_seconds: float,
                      describe: Callable[[], str] = lambda: "") -> None:
-    """Polls ``/readyz``; kills the server and raises if it exits or is not ready in time."""
+    """Polls ``/readyz``; raises if the server's ``process`` exits or it is not ready in time (then the process,
+    if it is one, is killed). ``process`` is None for a server running inside this process."""
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise RuntimeError(f"server at {url} exited with {process.returncode}:\n{describe()}")
         try:
             if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
@@ -39,5 +40,6 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout_seconds: float
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    process.kill()
+    if process is not None:
+        process.kill()
     raise TimeoutError(f"server at {url} not ready after {timeout_seconds} s:\n{describe()}")

@@ -8,7 +8,6 @@ import io
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
+from bench.servers import wait_until_ready
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.keys import KeyStore
 from qwen_image_server.media.fetch import ImageFetcher, Resolver, resolve_host
@@ -115,16 +115,11 @@ def sdk_pointed_at(url: str) -> Iterator[None]:
         dashscope.base_http_api_url = previous
 
 
-def wait_until_ready(url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"server at {url} not ready after {READY_TIMEOUT_SECONDS} s")
+@pytest.fixture(scope="module")
+def sdk_at_server(server: RunningServer) -> Iterator[None]:
+    """The SDK pointed at the session server for a whole module: ``pytestmark = usefixtures("sdk_at_server")``."""
+    with sdk_pointed_at(server.url):
+        yield
 
 
 def fetch_each(settings: Settings, urls: Sequence[str], resolver: Resolver = resolve_host) -> list[bytes]:
@@ -161,7 +156,7 @@ def serving(data_dir: Path, demo_models_dir: Path, sock: socket.socket, **overri
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(url)
+        wait_until_ready(url, None, READY_TIMEOUT_SECONDS)
         yield RunningServer(url, key, settings, app)
     finally:
         server.should_exit = True

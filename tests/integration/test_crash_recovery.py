@@ -13,8 +13,9 @@ import uuid
 import httpx
 import pytest
 
+from bench.servers import free_port, wait_until_ready
 from qwen_image_server.keys import KeyStore
-from tests.conftest import free_socket, wait_until_ready
+from tests.conftest import READY_TIMEOUT_SECONDS
 from tests.integration.tasks_api import MODEL, submit, task, wait_for
 
 LEASE_SECONDS = 3
@@ -26,7 +27,7 @@ def start(data_dir, demo_models_dir, port, log):
     command = [sys.executable, "-m", "qwen_image_server", "serve", "--port", str(port), "--data-dir", str(data_dir),
                "--models", MODEL]
     process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    wait_until_ready(f"http://127.0.0.1:{port}")
+    wait_until_ready(f"http://127.0.0.1:{port}", process, READY_TIMEOUT_SECONDS)
     return process
 
 
@@ -38,10 +39,7 @@ def rows(data_dir):
 
 @pytest.fixture
 def port():
-    sock = free_socket()
-    number = sock.getsockname()[1]
-    sock.close()
-    return number
+    return free_port()
 
 
 def test_tasks_accepted_before_sigkill_complete_after_restart(tmp_path, demo_models_dir, port):

@@ -10,15 +10,10 @@ import openai
 import pytest
 from dashscope import Models
 
-from tests.conftest import sdk_pointed_at
-
 MODELS = "/api/v1/models"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def point_sdk_at_server(server):
-    with sdk_pointed_at(server.url):
-        yield
+pytestmark = pytest.mark.usefixtures("sdk_at_server")
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,9 @@ import pytest
 from dashscope import MultiModalConversation
 from PIL import Image
 
-from tests.conftest import png_bytes, sdk_pointed_at
+from tests.conftest import png_bytes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def point_sdk_at_server(server):
-    with sdk_pointed_at(server.url):
-        yield
+pytestmark = pytest.mark.usefixtures("sdk_at_server")
 
 
 def call(server, model, content, **parameters):

@@ -15,15 +15,12 @@ import pytest
 from dashscope import AioMultiModalConversation, MultiModalConversation
 from dashscope.common.error import UploadFileException
 
-from tests.conftest import png_bytes, sdk_pointed_at
+from tests.conftest import png_bytes
 
 EDIT_MODEL = "qwen-image-edit-plus"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def point_sdk_at_server(server):
-    with sdk_pointed_at(server.url):
-        yield
+pytestmark = pytest.mark.usefixtures("sdk_at_server")
 
 
 def content(*images: str, text: str = "make it blue") -> list[dict[str, str]]:

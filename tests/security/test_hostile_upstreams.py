@@ -23,7 +23,7 @@ from qwen_image_server.media.fetch import ImageFetcher
 from qwen_image_server.media.images import ImageLimits, decode_image
 from qwen_image_server.settings import MiB, Settings
 from tests.conftest import RunningServer, free_socket, serving
-from tests.security.upstreams import GZIP_BOMB, PNG, RawServer, hostile_upstream, running
+from tests.security.upstreams import GZIP_BOMB, PNG, RawServer
 
 ROUTE = "/api/v1/services/aigc/multimodal-generation/generation"
 MAX_BYTES = 1 * MiB
@@ -66,12 +66,6 @@ def settings_for(data_dir: Path, upstream: RawServer, **options: object) -> Sett
     values = {"fetch_total_timeout": TOTAL_TIMEOUT, "fetch_connect_timeout": 0.5, **options}
     return Settings(data_dir=data_dir, fetch_allowed_hosts=[upstream.netloc], max_image_bytes=MAX_BYTES,
                     **values)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RawServer]:
-    with running(hostile_upstream()) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

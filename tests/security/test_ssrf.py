@@ -26,7 +26,7 @@ from qwen_image_server.errors import InputDownloadFailed, InvalidURL
 from qwen_image_server.media.fetch import resolve_host
 from qwen_image_server.settings import Settings
 from tests.conftest import RunningServer, fetch_each, free_socket, serving
-from tests.security.upstreams import PNG, RawServer, canary, hostile_upstream, running
+from tests.security.upstreams import PNG, RawServer, canary, running
 
 ROUTE = "/api/v1/services/aigc/multimodal-generation/generation"
 TOTAL_TIMEOUT = 2.0
@@ -182,12 +182,6 @@ PARAMS = [pytest.param(url, code, id=f"{group}: {url!r}") for group, cases in CA
 @pytest.fixture(scope="module")
 def canary_server() -> Iterator[RawServer]:
     with running(canary()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RawServer]:
-    with running(hostile_upstream()) as server:
         yield server
 
 
