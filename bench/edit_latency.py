@@ -28,7 +28,7 @@ import dashscope
 import torch
 from diffusers import QwenImageEditPlusPipeline
 from PIL import Image
-from servers import ENVIRONMENT, JEMALLOC, free_port, wait_until_ready
+from servers import ENVIRONMENT, JEMALLOC, free_port, start_server
 
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.engine.registry import DEMO_STEPS
@@ -42,15 +42,6 @@ SEED = 42
 
 def input_image() -> Image.Image:
     return Image.linear_gradient("L").resize((SIZE, SIZE)).convert("RGB")
-
-
-def start_server(data_dir: Path, demo_dir: Path, port: int) -> subprocess.Popen:
-    environment = {**ENVIRONMENT, "QIS_DEMO_MODELS_DIR": str(demo_dir)}
-    command = [sys.executable, "-m", "qwen_image_server", "serve", "--port", str(port), "--data-dir",
-               str(data_dir), "--models", MODEL]
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until_ready(f"http://127.0.0.1:{port}", process, timeout_seconds=600)
-    return process
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -95,7 +86,7 @@ def main() -> None:
         data_dir = Path(scratch) / "data"
         key = KeyStore(data_dir / "server.db").create("bench")
         port = free_port()
-        server = start_server(data_dir, demo_dir, port)
+        server = start_server(data_dir, demo_dir, port, MODEL)
         worker = start_bare_worker(demo_dir)
         dashscope.base_http_api_url = f"http://127.0.0.1:{port}/api/v1"
         try:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 from dashscope import MultiModalConversation
 from dashscope.utils.oss_utils import check_and_upload_local
 from PIL import Image
-from servers import ENVIRONMENT, free_port, wait_until_ready
+from servers import free_port, start_server
 
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.keys import KeyStore
@@ -36,16 +34,6 @@ MODEL = "qwen-image-edit-plus"
 def noise_png(path: Path) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
-
-
-def start_server(data_dir: Path, demo_dir: Path, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "qwen_image_server", "serve", "--port", str(port), "--data-dir",
-               str(data_dir), "--models", MODEL]
-    process = subprocess.Popen(command, env={**ENVIRONMENT, "QIS_DEMO_MODELS_DIR": str(demo_dir),
-                                             "QIS_RATE_LIMITS_ENABLED": "false"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until_ready(f"http://127.0.0.1:{port}", process, timeout_seconds=600)
-    return process
 
 
 def timed(call) -> float:
@@ -75,7 +63,7 @@ def main() -> None:
         data_uri = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
         key = KeyStore(root / "data" / "server.db").create("bench")
         port = free_port()
-        server = start_server(root / "data", demo_dir, port)
+        server = start_server(root / "data", demo_dir, port, MODEL, {"QIS_RATE_LIMITS_ENABLED": "false"})
         dashscope.base_http_api_url = f"http://127.0.0.1:{port}/api/v1"
         try:
             edit(key, data_uri)  # warm-up: first pipeline call

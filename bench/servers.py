@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,3 +44,15 @@ def wait_until_ready(url: str, process: subprocess.Popen | None, timeout_seconds
     if process is not None:
         process.kill()
     raise TimeoutError(f"server at {url} not ready after {timeout_seconds} s:\n{describe()}")
+
+
+def start_server(data_dir: Path, demo_dir: Path, port: int, model: str,
+                 settings: dict[str, str] | None = None) -> subprocess.Popen:
+    """``serve`` for one model on loopback in a subprocess (output discarded), once ready; ``settings`` are
+    extra ``QIS_*`` variables."""
+    command = [sys.executable, "-m", "qwen_image_server", "serve", "--port", str(port), "--data-dir",
+               str(data_dir), "--models", model]
+    environment = {**ENVIRONMENT, "QIS_DEMO_MODELS_DIR": str(demo_dir), **(settings or {})}
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until_ready(f"http://127.0.0.1:{port}", process, timeout_seconds=600)
+    return process
