@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, JSHandle, Page, expect, sync_playwright
 
 from tests.conftest import RunningServer, free_socket, png_bytes, serving
 
@@ -75,25 +75,25 @@ def open_with_key(page: Page, key: str) -> None:
     expect(page.get_by_label("Model")).to_contain_text(EDIT_MODEL)
 
 
-def drop_image(page: Page, name: str, data: bytes) -> None:
-    """A real drop event carrying a file, as dragging one from the desktop produces."""
-    transfer = page.evaluate_handle(
+def holding_file(page: Page, name: str, data: bytes) -> JSHandle:
+    """A DataTransfer in the page holding one PNG file, as a drag from the desktop or a clipboard carries."""
+    return page.evaluate_handle(
         """([name, bytes]) => {
             const transfer = new DataTransfer();
             transfer.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
             return transfer;
         }""", [name, list(data)])
-    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+
+
+def drop_image(page: Page, name: str, data: bytes) -> None:
+    """A real drop event carrying a file."""
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": holding_file(page, name, data)})
 
 
 def paste_image(page: Page, name: str, data: bytes) -> None:
     """A real paste event whose clipboard holds an image file, as pasting a screenshot produces."""
-    page.evaluate(
-        """([name, bytes]) => {
-            const clipboard = new DataTransfer();
-            clipboard.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
-            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: clipboard, bubbles: true}));
-        }""", [name, list(data)])
+    page.evaluate("""clipboard => document.dispatchEvent(
+        new ClipboardEvent("paste", {clipboardData: clipboard, bubbles: true}))""", holding_file(page, name, data))
 
 
 def test_page_is_served_with_a_strict_policy(page_server: RunningServer) -> None:
