@@ -8,6 +8,7 @@ connection closed whatever happens.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 import tracemalloc
@@ -144,6 +145,7 @@ def test_no_connection_or_descriptor_leaks_over_many_fetches(tmp_path: Path, ups
     the API server of the other tests stay open throughout: they are the baseline.)"""
     settings = settings_for(tmp_path, upstream, fetch_total_timeout=total_timeout,
                             fetch_connect_timeout=min(total_timeout, 5.0))
+    gc.collect()  # descriptors of earlier tests' garbage must not close mid-test and make the count drop
     open_before, accepted_before, fds_before = upstream.open, upstream.accepted, open_fds()
     started = time.monotonic()
     outcomes, peak = run_batch(settings, [upstream.url(path) for path in paths], rounds)
