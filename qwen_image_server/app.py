@@ -1,5 +1,6 @@
-"""The app factory: the lifespan owns the engines and their workers, the task store and queue, the key,
-result and upload stores and the HTTP client, and stops them in order."""
+"""The app factory: the front door (key store, request limits) is built with the app; the lifespan owns the
+engines and their workers, the task store and queue, the result and upload stores and the HTTP client, and
+stops them in order."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from fastapi import FastAPI
 
 from qwen_image_server.api import files, health
 from qwen_image_server.api import metrics as metrics_routes
-from qwen_image_server.api.context import RequestContextMiddleware
 from qwen_image_server.api.dashscope import routes as dashscope_routes
 from qwen_image_server.api.dashscope.service import DashScopeService
 from qwen_image_server.api.dashscope.tasks import TaskViews
-from qwen_image_server.api.dashscope.uploads import UploadService
+from qwen_image_server.api.dashscope.uploads import UPLOADS_ROUTE, UploadService
+from qwen_image_server.api.docs import install_docs
 from qwen_image_server.api.errors import install_error_handlers
+from qwen_image_server.api.frontdoor import BodyLimits, FrontDoor
 from qwen_image_server.api.limits import RateLimiter
 from qwen_image_server.api.openai import routes as openai_routes
 from qwen_image_server.api.openai.service import OpenAIImagesService
@@ -36,6 +38,7 @@ from qwen_image_server.media.storage import ResultStore, UrlSigner, load_or_crea
 from qwen_image_server.media.uploads import UploadStore
 from qwen_image_server.metrics import Metrics
 from qwen_image_server.settings import Settings
+from qwen_image_server.tasks.models import Quota
 from qwen_image_server.tasks.queue import TaskQueue
 from qwen_image_server.tasks.sqlite import SqliteTaskStore
 from qwen_image_server.tasks.worker import Worker, maintain_periodically
@@ -43,8 +46,13 @@ from qwen_image_server.tasks.worker import Worker, maintain_periodically
 log = logging.getLogger(__name__)
 
 
+UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024  # the policy, its signature and the other OSS form fields
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
+    keys = KeyStore(settings.database_path)
+    rate_limiter = RateLimiter(settings.rate_limits, settings.rate_limits_enabled, settings.key_requests_per_second)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,28 +70,27 @@ def create_app(settings: Settings) -> FastAPI:
         limits = ImageLimits.from_settings(settings)
         runners = [EngineRunner(Engine(registry, device, settings.prompt_extend_max_new_tokens))
                    for device in Device.choose_all(settings.device, settings.cuda_devices)]
-        queue = TaskQueue(store, settings.max_pending_tasks, settings.task_poll_seconds, workers=len(runners))
+        quota = Quota(settings.max_pending_tasks, settings.max_pending_tasks_per_key, settings.max_cost_per_key,
+                      settings.max_result_bytes_per_key)
+        queue = TaskQueue(store, quota, settings.task_poll_seconds, workers=len(runners))
         # A name unique to this start: two processes on one data directory (or a restart while a dead
         # process's leases still run) never take each other's tasks for their own.
         instance = secrets.token_hex(4)
         workers = [Worker(f"{device_label(runner)}-{index}-{instance}", runner, queue, results, limits, metrics,
-                          settings.task_lease_seconds, settings.max_batch_size)
+                          settings.task_lease_seconds, settings.max_batch_size, settings.task_max_seconds)
                    for index, runner in enumerate(runners)]
         fetcher = ImageFetcher(settings)
         app.state.registry = registry
         app.state.started_at = int(time.time())
-        app.state.keys = KeyStore(settings.database_path)
         app.state.results = results
         app.state.uploads = uploads
         app.state.runners = runners
         app.state.metrics = metrics
-        generation = GenerationService(
-            registry, queue, fetcher, limits, results, uploads,
-            RateLimiter(settings.rate_limits, settings.rate_limits_enabled),
-            lambda: all(runner.ready for runner in runners))
+        generation = GenerationService(registry, queue, fetcher, limits, results, uploads, rate_limiter,
+                                       lambda: all(runner.ready for runner in runners))
         app.state.dashscope = DashScopeService(generation)
         app.state.openai_images = OpenAIImagesService(generation)
-        app.state.upload_service = UploadService(uploads, registry, limits, settings.base_url)
+        app.state.upload_service = UploadService(uploads, keys, registry, limits, settings.base_url)
         app.state.task_views = TaskViews(store, results, settings.result_ttl_seconds)
         prepare = (lambda: build_demo_models(settings.demo_models_dir)) if settings.preset == "demo" else None
         background = [
@@ -104,9 +111,13 @@ def create_app(settings: Settings) -> FastAPI:
             for runner in runners:
                 runner.close()
 
-    app = FastAPI(title="qwen-image-server", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="qwen-image-server", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Qwen-Image editing and generation behind the DashScope and OpenAI images APIs.")
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.state.keys = keys
+    body_limits = BodyLimits(settings.max_request_bytes, settings.body_grace_seconds,
+                             settings.body_min_bytes_per_second, settings.max_buffered_request_bytes,
+                             {UPLOADS_ROUTE: settings.max_image_bytes + UPLOAD_FORM_OVERHEAD_BYTES})
+    app.add_middleware(FrontDoor, keys=keys, rate_limiter=rate_limiter, limits=body_limits)
     app.add_middleware(metrics_routes.RequestMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
     app.include_router(dashscope_routes.router)
@@ -116,6 +127,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics_routes.router)
     install_playground(app)
     install_openapi(app)
+    if settings.api_docs:
+        install_docs(app)
     return app
 
 

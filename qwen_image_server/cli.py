@@ -1,4 +1,5 @@
-"""The ``qwen-image-server`` command: ``serve``, ``edit``, ``generate``, ``keys create``, ``demo-models``."""
+"""The ``qwen-image-server`` command: ``serve``, ``edit``, ``generate``, ``keys create|list|revoke``,
+``demo-models``."""
 
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ def _settings(arguments: argparse.Namespace, names: tuple[str, ...]) -> Settings
 def serve(arguments: argparse.Namespace) -> int:
     import uvicorn
 
+    from qwen_image_server.api.connections import uvicorn_config
     from qwen_image_server.app import create_app
     from qwen_image_server.keys import KeyStore
 
     settings = _settings(arguments, ("host", "port", "preset", "models_config", "enabled_models", "data_dir",
-                                     "public_base_url", "device", "create_first_key"))
+                                     "public_base_url", "device", "create_first_key", "api_docs"))
     keys = KeyStore(settings.database_path)
     if keys.count() == 0:
         if not settings.is_loopback and not settings.create_first_key:
@@ -36,7 +38,7 @@ def serve(arguments: argparse.Namespace) -> int:
             return 2
         print(f"No API key existed; created one (shown once, store it now):\n\n    {keys.create('first')}\n",
               flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="info")).run()
     return 0
 
 
@@ -45,6 +47,33 @@ def create_key(arguments: argparse.Namespace) -> int:
 
     settings = _settings(arguments, ("data_dir",))
     print(KeyStore(settings.database_path).create(arguments.name))
+    return 0
+
+
+def list_keys(arguments: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from qwen_image_server.keys import KeyStore
+
+    settings = _settings(arguments, ("data_dir",))
+    for key in KeyStore(settings.database_path).list():
+        created = datetime.fromtimestamp(key.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        revoked = "" if key.revoked_at is None else "  revoked " + datetime.fromtimestamp(
+            key.revoked_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        print(f"{key.id}  {key.name}  created {created}{revoked}")
+    return 0
+
+
+def revoke_key(arguments: argparse.Namespace) -> int:
+    from qwen_image_server.keys import KeyStore
+    from qwen_image_server.tasks.sqlite import SqliteTaskStore
+
+    settings = _settings(arguments, ("data_dir",))
+    if not KeyStore(settings.database_path).revoke(arguments.key_id):
+        print(f"no working key has the id {arguments.key_id!r} (see `qwen-image-server keys list`)", file=sys.stderr)
+        return 1
+    canceled = SqliteTaskStore(settings.database_path).cancel_pending(arguments.key_id)
+    print(f"revoked {arguments.key_id}; {canceled} pending task(s) canceled")
     return 0
 
 
@@ -123,6 +152,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--create-first-key", action="store_true", default=None, dest="create_first_key",
                      help="beyond loopback, create and print the first API key when none exists, instead of "
                           "refusing to start (on loopback this is always done)")
+    run.add_argument("--api-docs", action="store_true", default=None, dest="api_docs",
+                     help="serve Swagger UI at /docs (a pinned release from a CDN; off by default)")
     run.set_defaults(handler=serve)
 
     edit = _add_one_shot(commands, "edit", "qwen-image-edit-plus", "edit 1-3 images once, with a progress bar")
@@ -135,6 +166,13 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="default")
     create.add_argument("--data-dir", type=Path, dest="data_dir")
     create.set_defaults(handler=create_key)
+    listing = keys.add_parser("list", help="list the keys: id, name, when created or revoked (never the key)")
+    listing.add_argument("--data-dir", type=Path, dest="data_dir")
+    listing.set_defaults(handler=list_keys)
+    revoke = keys.add_parser("revoke", help="stop a key at once: requests, upload policies, its pending tasks")
+    revoke.add_argument("key_id", metavar="ID")
+    revoke.add_argument("--data-dir", type=Path, dest="data_dir")
+    revoke.set_defaults(handler=revoke_key)
 
     demo = commands.add_parser("demo-models", help="build the tiny offline demo models")
     demo.add_argument("--data-dir", type=Path, dest="data_dir")

@@ -125,3 +125,19 @@ class ModelUnavailable(ServiceError):
     code = "ModelUnavailable"
     status = 503
     default_message = "Model is unavailable, please try again later."
+
+
+class RequestTimeout(ServiceError):
+    """The client sent its request too slowly; the connection is closed."""
+
+    code = "RequestTimeOut"
+    status = 408
+    default_message = "Request timed out, please try again later."
+
+
+class TaskTimedOut(ServiceError):
+    """A task ran past the per-task runtime cap and was stopped; its batch's other tasks stop with it."""
+
+    code = "RequestTimeOut"
+    status = 500
+    default_message = "The task ran past its time limit and was stopped."

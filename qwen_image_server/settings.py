@@ -49,7 +49,18 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     public_base_url: str | None = None
     create_first_key: bool = False  # beyond loopback too; it is printed, so it lands in the logs
+    api_docs: bool = False  # /docs and /redoc (Swagger UI and ReDoc from a CDN); /openapi.json is always served
+
+    # Client limits (api/connections.py, api/frontdoor.py)
     max_request_bytes: int = Field(32 * MiB, gt=0)
+    max_buffered_request_bytes: int = Field(512 * MiB, gt=0)  # bodies held by all requests in flight together
+    header_timeout_seconds: float = Field(10.0, gt=0)  # from connecting, or from the previous response
+    body_grace_seconds: float = Field(10.0, ge=0)
+    body_min_bytes_per_second: int = Field(32 * 1024, gt=0)  # after the grace period, on average
+    keep_alive_seconds: float = Field(5.0, gt=0)
+    max_connections: int = Field(1000, ge=1)  # also kept 128 below the process's descriptor limit
+    max_connections_per_client: int = Field(256, ge=1)
+    max_requests_per_connection: int = Field(1000, ge=1)
 
     # Models
     preset: Literal["demo", "real"] = "demo"
@@ -71,6 +82,12 @@ class Settings(BaseSettings):
 
     # Tasks and queue
     max_pending_tasks: int = Field(64, ge=1)
+    max_pending_tasks_per_key: int = Field(16, ge=1)
+    # Work in flight per key (PENDING + RUNNING), in megapixel-steps: output megapixels x images x
+    # transformer calls (steps, twice under true CFG). One 2048x2048 n=6 edit at 40 CFG steps is ~2,000.
+    max_cost_per_key: float = Field(8000.0, gt=0)
+    max_result_bytes_per_key: int = Field(2048 * MiB, gt=0)  # stored results within their 24 h
+    task_max_seconds: float = Field(1800.0, gt=0)  # a task still running then fails with RequestTimeOut
     max_batch_size: int = Field(4, ge=1)
     task_lease_seconds: float = Field(30.0, gt=0)
     task_max_attempts: int = Field(3, ge=1)
@@ -79,6 +96,7 @@ class Settings(BaseSettings):
     # Per-key limits (429 Throttling.RateQuota)
     rate_limits_enabled: bool = True
     rate_limits: dict[str, RateLimit] = Field(default_factory=hosted_rate_limits)
+    key_requests_per_second: int = Field(50, ge=1)  # every authenticated request, counted before its body
 
     # Input images (security.md)
     fetch_allowed_hosts: list[str] = Field(default_factory=list)

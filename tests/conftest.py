@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from bench.servers import wait_until_ready
+from qwen_image_server.api.connections import uvicorn_config
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.keys import KeyStore
 from qwen_image_server.media.fetch import ImageFetcher, Resolver, resolve_host
@@ -151,7 +152,7 @@ def serving(data_dir: Path, demo_models_dir: Path, sock: socket.socket, **overri
     settings = Settings(data_dir=data_dir, demo_models_dir=demo_models_dir, port=port, **overrides)
     key = KeyStore(settings.database_path).create("tests")
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

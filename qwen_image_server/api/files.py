@@ -1,12 +1,12 @@
 """Result images at signed URLs: the content type fixed by the name's extension, ``nosniff``, no detail on
-failure."""
+failure. Files are read without following links (``private_files``), so the answer is the bytes themselves."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Query, Request, Response
 
 from qwen_image_server.api.dashscope.protocol import ErrorResponse
 from qwen_image_server.errors import ResultNotFound
@@ -21,18 +21,18 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get(RESULTS_ROUTE + "/{name}", response_class=FileResponse, responses=RESPONSES,
+@router.get(RESULTS_ROUTE + "/{name}", response_class=Response, responses=RESPONSES,
             summary="A generated image (signed URL)", operation_id="get_result_file")
-@router.head(RESULTS_ROUTE + "/{name}", response_class=FileResponse, responses=RESPONSES,
+@router.head(RESULTS_ROUTE + "/{name}", response_class=Response, responses=RESPONSES,
              summary="A generated image's headers (signed URL)", operation_id="head_result_file")
 async def result_file(name: str, request: Request, expires: Annotated[str, Query(alias="Expires")] = "",
-                      signature: Annotated[str, Query(alias="Signature")] = "") -> FileResponse:
+                      signature: Annotated[str, Query(alias="Signature")] = "") -> Response:
     store: ResultStore = request.app.state.results
     if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:  # str.isdigit() takes "²"
         raise ResultNotFound()
     if any(len(request.query_params.getlist(copy)) > 1 for copy in ("Expires", "Signature")):
         raise ResultNotFound()  # repeated: another reader of this URL could pick a different copy
-    path = store.path_for(name, int(expires), signature)
-    return FileResponse(path, media_type=media_type(path.name), headers={
+    data = await asyncio.to_thread(store.read_signed, name, int(expires), signature)
+    return Response(data, media_type=media_type(name), headers={
         "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400",
         "Content-Security-Policy": "default-src 'none'"})

@@ -17,8 +17,17 @@ def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+# Any other method, however spelt, is counted as OTHER: a client must not be able to mint label values.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "OTHER"
+
+
 class RequestMetricsMiddleware:
-    """Labels by route template (``/api/v1/tasks/{task_id}``), never the raw path, so labels stay bounded."""
+    """Labels by route template (``/api/v1/tasks/{task_id}``), never the raw path, and by a fixed set of
+    methods and our own error codes, so the number of series stays bounded whatever clients send."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -41,6 +50,6 @@ class RequestMetricsMiddleware:
         finally:
             route = scope.get("route")
             self.metrics.requests.labels(
-                route=getattr(route, "path", "unmatched"), method=scope["method"], status=str(status),
+                route=getattr(route, "path", "unmatched"), method=method_label(scope["method"]), status=str(status),
                 code=scope.get("state", {}).get("error_code", ""),
             ).inc()

@@ -18,7 +18,7 @@ from PIL.Image import Image
 
 from qwen_image_server.api.limits import RateLimiter
 from qwen_image_server.engine.registry import ModelRegistry, ModelSpec
-from qwen_image_server.engine.rules import Size, check_seed
+from qwen_image_server.engine.rules import NEGATIVE_PROMPT_CHARS, Size, check_seed
 from qwen_image_server.errors import InvalidParameter, InvalidURL, ModelUnavailable, ServiceError
 from qwen_image_server.media.fetch import ImageFetcher
 from qwen_image_server.media.images import ImageLimits, decode_image, decode_mask, encode_image, parse_data_uri
@@ -28,8 +28,6 @@ from qwen_image_server.tasks.models import Job, NewTask, TaskMode, TaskRecord, T
 from qwen_image_server.tasks.queue import TaskQueue
 
 log = logging.getLogger(__name__)
-
-NEGATIVE_PROMPT_LIMIT = 500
 
 Disconnected = Callable[[], Awaitable[bool]]
 ImageSource = str | bytes  # an http(s) URL or data: URI to load, or the bytes of an uploaded file
@@ -99,18 +97,23 @@ class GenerationService:
         self.engines_ready = engines_ready
 
     async def admit(self, model: str, key_id: str, mode: TaskMode) -> ModelSpec:
-        """The model's spec, once it is served, the engines are ready and the key is within its limits."""
+        """The model's spec, once it is served, the engines are ready and the key is within its limits.
+
+        Limits count per served weights: every name on the same weights shares the key's windows."""
         spec = self.registry.get(model)
         if not self.engines_ready():
             raise ModelUnavailable("Models are still loading, please try again later.")
-        self.rate_limiter.hit(key_id, spec.name)
+        self.rate_limiter.hit(key_id, spec)
         if mode is TaskMode.ASYNC:
-            active = await asyncio.to_thread(self.queue.store.count_active, key_id, spec.name, mode)
+            active = await asyncio.to_thread(self.queue.store.count_active, key_id,
+                                             self.registry.names_sharing(spec), mode)
             self.rate_limiter.check_concurrency(spec.name, active)
         return spec
 
-    async def prepare(self, spec: ModelSpec, request: JobRequest) -> PreparedJob:
-        """Checks the request against the model's rules, then loads and decodes its inputs."""
+    async def prepare(self, spec: ModelSpec, request: JobRequest, key_id: str) -> PreparedJob:
+        """Checks the request against the model's rules and the key's quota, then loads and decodes its inputs.
+
+        Prompts are bounded here, so the stored task and every tokenizer see the bounded text only."""
         if request.mask is None:
             spec.rules.check_image_count(len(request.images))
         else:
@@ -118,14 +121,16 @@ class GenerationService:
         n = 1 if request.n is None else request.n
         spec.rules.check_n(n)
         seed = check_seed(request.seed)
-        await self.queue.check_capacity()
+        # Early, before any input is fetched; the size may still follow the inputs (edits: about 1 MP).
+        estimated_size = request.size or spec.rules.text_to_image_size or (1024, 1024)
+        await self.queue.check_capacity(key_id, task_cost(spec, estimated_size, n))
         inputs = await self.load_inputs(request.images, request.oss_reader, spec.name)
         last_size = inputs[-1][1] if inputs else None
         width, height = spec.rules.output_size(request.size, last_size, spec.family.output_multiple,
                                                request.size_separator)
         job = Job(
-            model=spec.name, prompt=request.prompt, width=width, height=height, seed=seed, n=n,
-            negative_prompt=(request.negative_prompt or "")[:NEGATIVE_PROMPT_LIMIT] or None,
+            model=spec.name, prompt=spec.rules.bound_prompt(request.prompt), width=width, height=height, seed=seed,
+            n=n, negative_prompt=(request.negative_prompt or "")[:NEGATIVE_PROMPT_CHARS] or None,
             prompt_extend=request.prompt_extend, watermark=request.watermark,
             output_format=request.output_format, output_quality=request.output_quality,
         )
@@ -137,8 +142,9 @@ class GenerationService:
 
     async def submit(self, prepared: PreparedJob, task_id: str, key_id: str, request_id: str,
                      mode: TaskMode) -> None:
-        await self.queue.submit(NewTask(task_id, key_id, request_id, mode, prepared.job, prepared.inputs,
-                                        prepared.batch_key))
+        job = prepared.job
+        await self.queue.submit(NewTask(task_id, key_id, request_id, mode, job, prepared.inputs,
+                                        prepared.batch_key, task_cost(prepared.spec, (job.width, job.height), job.n)))
 
     async def run_sync(self, prepared: PreparedJob, key_id: str, request_id: str,
                        disconnected: Disconnected) -> TaskRecord:
@@ -195,6 +201,12 @@ class GenerationService:
             raise InvalidParameter("The mask marks no pixel to edit: make the area to edit fully transparent.",
                                    param="mask")
         return mask
+
+
+def task_cost(spec: ModelSpec, size: Size, n: int) -> float:
+    """A task's work in megapixel-steps: output megapixels x images x transformer calls (two a step under CFG)."""
+    calls_per_step = 2 if spec.true_cfg_scale > 1 else 1
+    return size[0] * size[1] / 1e6 * n * spec.steps * calls_per_step
 
 
 def task_error(record: TaskRecord) -> ServiceError:

@@ -8,9 +8,11 @@ never blocks the event loop and batches never compete for one device.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -176,11 +178,25 @@ def truncate_tokens(pipeline: Any, prompt: str, limit: int) -> str:
 
 
 class EngineRunner:
-    """Async front of the engine: one worker thread, so the event loop stays free."""
+    """Async front of the engine: one worker thread, so the event loop stays free.
+
+    ``holding()`` pauses it: a batch that comes while it is held waits on the engine thread until the block
+    ends (to drain a device, or for a test to keep tasks queued without depending on inference speed).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._open = threading.Event()
+        self._open.set()
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._open.set()
 
     @property
     def ready(self) -> bool:
@@ -191,7 +207,12 @@ class EngineRunner:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.load)
 
     async def run_batch(self, jobs: list[Job], on_step: StepCallback | None = None) -> list[JobResult]:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.run_batch, jobs, on_step)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_when_open, jobs, on_step)
+
+    def _run_when_open(self, jobs: list[Job], on_step: StepCallback | None) -> list[JobResult]:
+        self._open.wait()
+        return self.engine.run_batch(jobs, on_step)
 
     def close(self) -> None:
+        self._open.set()
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -92,6 +92,10 @@ class ModelRegistry:
     def specs(self) -> list[ModelSpec]:
         return [self._specs[name] for name in self.names()]
 
+    def names_sharing(self, spec: ModelSpec) -> list[str]:
+        """The served names on the same weights as ``spec``, which share its limits."""
+        return [name for name in self.names() if self._specs[name].source == spec.source]
+
 
 def builtin_specs() -> dict[str, ModelSpec]:
     specs = {}

@@ -17,6 +17,11 @@ SizeRule = Literal["sides", "area", "fixed", "auto"]
 Size = tuple[int, int]
 
 EDIT_TARGET_PIXELS = 1024 * 1024
+NEGATIVE_PROMPT_CHARS = 500  # the hosted API's bound; longer ones are cut, as there
+# Prompts are cut in characters before any tokenizer sees them, at a length no real prompt within the token
+# limit reaches (Qwen's tokenizer averages 1-5 characters a token); the engine then cuts at the token limit
+# as the hosted API does. So a 30 MiB prompt costs nothing, and a real one loses nothing.
+CHARACTERS_PER_TOKEN_BOUND = 8
 FIXED_T2I_SIZES: tuple[Size, ...] = ((1664, 928), (1472, 1104), (1328, 1328), (1104, 1472), (928, 1664))
 MAX_SEED = 2**31 - 1
 
@@ -43,6 +48,13 @@ class ModelRules:
     prompt_token_limit: int
     side_range: tuple[int, int] = (512, 2048)
     area_range: tuple[int, int] = (512 * 512, 2048 * 2048)
+
+    @property
+    def prompt_character_limit(self) -> int:
+        return self.prompt_token_limit * CHARACTERS_PER_TOKEN_BOUND
+
+    def bound_prompt(self, prompt: str) -> str:
+        return prompt[:self.prompt_character_limit]
 
     def check_image_count(self, count: int) -> None:
         if not self.min_images <= count <= self.max_images:
@@ -98,8 +110,9 @@ class ModelRules:
 
 
 def parse_size(text: str, separator: str = "*") -> Size:
-    """``W*H`` as the hosted API writes sizes; OpenAI's ``WxH`` with ``separator="x"``."""
-    match = re.fullmatch(rf"\s*(\d{{1,5}})\s*{re.escape(separator)}\s*(\d{{1,5}})\s*", text)
+    r"""``W*H`` as the hosted API writes sizes; OpenAI's ``WxH`` with ``separator="x"``. ASCII digits and
+    spaces only: ``\d`` and ``int()`` would also take full-width and other Unicode digits."""
+    match = re.fullmatch(rf" *([0-9]{{1,5}}) *{re.escape(separator)} *([0-9]{{1,5}}) *", text)
     if match is None:
         raise InvalidParameter(f"Parameter size must look like '1024{separator}1024' (width{separator}height).",
                                param="size")

@@ -14,11 +14,13 @@ import logging
 import os
 import re
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Protocol
 
 from qwen_image_server.errors import ResultNotFound
+from qwen_image_server.private_files import private_directory, read_regular, replace_with
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class UrlSigner:
 def load_or_create_secret(path: Path) -> bytes:
     """The signing secret survives restarts, so URLs handed out stay valid until they expire."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(path.parent)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(secrets.token_hex(32))
@@ -59,7 +61,7 @@ class ResultStore:
         self.signer = signer
         self.base_url = base_url
         self.ttl_seconds = ttl_seconds
-        directory.mkdir(parents=True, exist_ok=True)
+        private_directory(directory)
 
     def save(self, key: str, index: int, data: bytes, output_format: str = "png") -> str:
         """Stores one encoded image under a name derived from ``key`` (a hex task id) and returns the name.
@@ -69,16 +71,17 @@ class ResultStore:
         name = f"{key}-{index}.{_EXTENSIONS[output_format]}"
         if _NAME_PATTERN.fullmatch(name) is None:
             raise ValueError(f"result key must be 32 hex digits, got {key!r}")
-        temporary = self.directory / f".{name}.tmp"
-        temporary.write_bytes(data)
-        temporary.replace(self.directory / name)
+        replace_with(self.directory / name, data)
         return name
 
     def read(self, name: str) -> bytes:
-        """A stored result's bytes, for answers that carry the image itself rather than its URL."""
+        """A stored result's bytes; ``ResultNotFound`` for a bad name or anything but a regular file."""
         if _NAME_PATTERN.fullmatch(name) is None:
             raise ResultNotFound()
-        return (self.directory / name).read_bytes()
+        try:
+            return read_regular(self.directory / name)
+        except FileNotFoundError:
+            raise ResultNotFound() from None
 
     def url(self, name: str, stored_at: float) -> str:
         """The signed URL of a stored result, valid until the result expires."""
@@ -93,23 +96,21 @@ class ResultStore:
         signature = self.signer.signature(name, expires)
         return f"{self.base_url}{RESULTS_ROUTE}/{name}?Expires={expires}&Signature={signature}"
 
-    def path_for(self, name: str, expires: int, signature: str) -> Path:
-        """The file behind a signed URL; any failure is the same ``ResultNotFound``."""
+    def read_signed(self, name: str, expires: int, signature: str) -> bytes:
+        """The bytes behind a signed URL; any failure is the same ``ResultNotFound``."""
         if _NAME_PATTERN.fullmatch(name) is None or expires < time.time():
             raise ResultNotFound()
         if not self.signer.verify(name, expires, signature):
             raise ResultNotFound()
-        path = self.directory / name
-        if not path.is_file():
-            raise ResultNotFound()
-        return path
+        return self.read(name)
 
     def remove_expired(self, now: float | None = None) -> int:
         """Deletes results older than the TTL; returns how many were removed."""
         cutoff = (now if now is not None else time.time()) - self.ttl_seconds
         removed = 0
         for path in self.directory.iterdir():
-            if path.is_file() and path.stat().st_mtime < cutoff:
+            status = path.lstat()
+            if stat.S_ISREG(status.st_mode) and status.st_mtime < cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed

@@ -15,7 +15,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import re
 import time
 import uuid
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from qwen_image_server.database import transaction
 from qwen_image_server.errors import AccessDenied, InvalidParameter, ServiceError
+from qwen_image_server.private_files import private_directory, private_file, read_regular, write_new
 
 OSS_SCHEME = "oss://"
 UPLOAD_ROOT = "dashscope-instant"
@@ -116,7 +116,8 @@ class UploadStore:
         self.clock = clock
         # A key of its own, so a policy signature can never pass as a result-URL signature or the reverse.
         self._key = hmac.new(secret, b"qwen-image-server upload policy", hashlib.sha256).digest()
-        directory.mkdir(parents=True, exist_ok=True)
+        private_directory(directory)
+        private_file(database)
         with transaction(self.database, durable=True) as connection:
             connection.execute(_SCHEMA)
 
@@ -163,10 +164,7 @@ class UploadStore:
         digest = hashlib.sha256(data).hexdigest()
         file = uuid.uuid4().hex
         path = self.directory / file
-        with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_new(path, data, sync=True)
         recorded = False
         try:
             recorded = self._record(target, file, digest, len(data))
@@ -211,7 +209,7 @@ class UploadStore:
             raise InvalidParameter(f"The temporary file {reference} was uploaded for model {row[1]}; "
                                    f"it cannot be used with {model}.")
         try:
-            return (self.directory / row[2]).read_bytes()
+            return read_regular(self.directory / row[2])
         except FileNotFoundError:
             raise missing from None
 

@@ -71,9 +71,32 @@ class TaskMode(enum.StrEnum):
     ASYNC = "async"
 
 
+class Refusal(enum.Enum):
+    """Why the store would not take one more task."""
+
+    QUEUE_FULL = "queue_full"  # the server-wide bound on PENDING tasks
+    KEY_SHARE = "key_share"  # this key's share of that bound
+    KEY_COST = "key_cost"  # this key's work in flight (PENDING and RUNNING), in megapixel-steps
+    KEY_RESULTS = "key_results"  # bytes of this key's stored results
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The bounds one more task must stay within; None: no bound."""
+
+    max_pending: int
+    max_pending_per_key: int | None = None
+    max_cost_per_key: float | None = None
+    max_result_bytes_per_key: int | None = None
+
+
 @dataclass
 class NewTask:
-    """What a request hands the store: the job's parameters and its input images' original bytes."""
+    """What a request hands the store: the job's parameters and its input images' original bytes.
+
+    ``cost`` is the task's work in megapixel-steps (output megapixels x images x transformer calls), what
+    a key's budget of work in flight counts.
+    """
 
     task_id: str
     key_id: str
@@ -82,6 +105,7 @@ class NewTask:
     job: Job
     inputs: list[bytes]
     batch_key: str | None
+    cost: float = 0.0
 
 
 @dataclass
@@ -117,9 +141,23 @@ class TaskFailure:
 
 
 @dataclass
+class TaskListing:
+    """A task as the list endpoint shows it: no parameters, so listing never decodes a stored prompt."""
+
+    task_id: str
+    key_id: str
+    request_id: str
+    model: str
+    state: TaskState
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass
 class TaskPage:
     total: int
-    records: list[TaskRecord]
+    rows: list[TaskListing]
 
 
 @dataclass

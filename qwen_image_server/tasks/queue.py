@@ -12,39 +12,57 @@ import contextlib
 import math
 from collections.abc import Awaitable, Callable
 
-from qwen_image_server.errors import Throttling
-from qwen_image_server.tasks.models import NewTask, TaskRecord
+from qwen_image_server.errors import RateQuotaExceeded, ServiceError, Throttling
+from qwen_image_server.tasks.models import NewTask, Quota, Refusal, TaskRecord
 from qwen_image_server.tasks.store import TaskStore
 
 _DISCONNECT_CHECK_SECONDS = 0.25
 _AVERAGE_WEIGHT = 0.2
 
 
+class ResultQuotaExceeded(Throttling):
+    """The key's stored results reached its quota; room frees as they expire."""
+
+    code = "Throttling.AllocationQuota"
+
+
 class TaskQueue:
-    def __init__(self, store: TaskStore, max_pending: int, poll_seconds: float, workers: int = 1) -> None:
+    def __init__(self, store: TaskStore, quota: Quota, poll_seconds: float, workers: int = 1) -> None:
         self.store = store
-        self.max_pending = max_pending
+        self.quota = quota
         self.poll_seconds = poll_seconds
         self.workers = workers
         self._work = asyncio.Event()
         self._finished: dict[str, asyncio.Event] = {}
         self._average_task_seconds = 1.0
 
-    async def check_capacity(self) -> None:
-        """A cheap early refusal, before inputs are downloaded; ``submit`` enforces the bound atomically."""
-        if await asyncio.to_thread(self.store.count_pending) >= self.max_pending:
-            raise self._full()
+    async def check_capacity(self, key_id: str, cost: float) -> None:
+        """A cheap early refusal, before inputs are downloaded; ``submit`` enforces the bounds atomically."""
+        refusal = await asyncio.to_thread(self.store.refusal, key_id, cost, self.quota)
+        if refusal is not None:
+            raise self._refused(refusal)
 
     async def submit(self, task: NewTask) -> None:
-        if not await asyncio.to_thread(self.store.create, task, self.max_pending):
-            raise self._full()
+        refusal = await asyncio.to_thread(self.store.create, task, self.quota)
+        if refusal is not None:
+            raise self._refused(refusal)
         self.wake_workers()
 
-    def _full(self) -> Throttling:
+    def _refused(self, refusal: Refusal) -> ServiceError:
         """Retry-After: about when the workers, at their recent pace, will have freed a place."""
-        wait = self._average_task_seconds / max(1, self.workers)
-        return Throttling(math.ceil(wait), f"Requests throttling triggered: {self.max_pending} tasks are already "
-                                           "waiting. Retry after the time in the Retry-After header.")
+        wait = math.ceil(self._average_task_seconds / max(1, self.workers))
+        quota = self.quota
+        if refusal is Refusal.QUEUE_FULL:
+            return Throttling(wait, f"Requests throttling triggered: {quota.max_pending} tasks are already "
+                                    "waiting. Retry after the time in the Retry-After header.")
+        if refusal is Refusal.KEY_SHARE:
+            return RateQuotaExceeded(wait, f"This API key already has {quota.max_pending_per_key} tasks "
+                                           "waiting, its share of the queue; retry once some have started.")
+        if refusal is Refusal.KEY_COST:
+            return RateQuotaExceeded(wait, f"This API key's tasks in flight already hold {quota.max_cost_per_key:g} "
+                                           "megapixel-steps of work, its budget; retry once some have finished.")
+        return ResultQuotaExceeded(3600, f"This API key's stored results reached {quota.max_result_bytes_per_key} "
+                                         "bytes, its quota; room frees as results expire (24 h).")
 
     def wake_workers(self) -> None:
         self._work.set()

@@ -11,6 +11,8 @@ from typing import Protocol
 
 from qwen_image_server.tasks.models import (
     NewTask,
+    Quota,
+    Refusal,
     TaskFailure,
     TaskFilter,
     TaskMode,
@@ -20,8 +22,13 @@ from qwen_image_server.tasks.models import (
 
 
 class TaskStore(Protocol):
-    def create(self, task: NewTask, max_pending: int) -> bool:
-        """Stores a PENDING task with its inputs, unless ``max_pending`` tasks already wait; then False."""
+    def create(self, task: NewTask, quota: Quota) -> Refusal | None:
+        """Stores a PENDING task with its inputs if it stays within ``quota`` (checked atomically with the
+        insert); otherwise stores nothing and says which bound it would pass."""
+        ...
+
+    def refusal(self, key_id: str, cost: float, quota: Quota) -> Refusal | None:
+        """What ``create`` would refuse a task of the key for now, if anything (a cheap early check)."""
         ...
 
     def get(self, task_id: str) -> TaskRecord | None: ...
@@ -29,8 +36,9 @@ class TaskStore(Protocol):
     def inputs(self, task_id: str) -> list[bytes]: ...
 
     def claim(self, worker: str, lease_seconds: float, max_batch: int) -> list[TaskRecord]:
-        """Atomically moves the oldest PENDING task, and up to ``max_batch - 1`` PENDING tasks with the same
-        batch key, to RUNNING under ``worker`` with a lease; each claim counts one attempt."""
+        """Atomically moves the next PENDING task, and up to ``max_batch - 1`` PENDING tasks with the same
+        batch key, to RUNNING under ``worker`` with a lease; each claim counts one attempt. The next task is
+        the oldest of the key served least recently; a batch is filled round-robin across keys."""
         ...
 
     def heartbeat(self, task_ids: list[str], worker: str, lease_seconds: float) -> None:
@@ -39,8 +47,10 @@ class TaskStore(Protocol):
 
     def progress(self, task_ids: list[str], worker: str, step: int, total: int) -> None: ...
 
-    def succeed(self, task_id: str, worker: str, outputs: list[str], actual_prompt: str | None) -> bool:
-        """Completes a task ``worker`` still owns; False if it lost the lease meanwhile."""
+    def succeed(self, task_id: str, worker: str, outputs: list[str], actual_prompt: str | None,
+                output_bytes: int = 0) -> bool:
+        """Completes a task ``worker`` still owns; False if it lost the lease meanwhile. ``output_bytes``
+        counts against the key's quota of stored results."""
         ...
 
     def fail(self, task_id: str, worker: str, failure: TaskFailure) -> bool: ...
@@ -61,8 +71,12 @@ class TaskStore(Protocol):
 
     def count_pending(self) -> int: ...
 
-    def count_active(self, key_id: str, model: str, mode: TaskMode) -> int:
-        """The key's PENDING and RUNNING tasks of one model and mode, for concurrency limits."""
+    def count_active(self, key_id: str, models: list[str], mode: TaskMode) -> int:
+        """The key's PENDING and RUNNING tasks of these models and one mode, for concurrency limits."""
+        ...
+
+    def cancel_pending(self, key_id: str) -> int:
+        """Cancels every PENDING task of a key (it was revoked); returns how many."""
         ...
 
     def purge(self, submitted_before: float) -> int:

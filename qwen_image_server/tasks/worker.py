@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from qwen_image_server.errors import InvalidImage, ResultStorageFailed, ServiceError
+from qwen_image_server.errors import InvalidImage, ResultStorageFailed, ServiceError, TaskTimedOut
 from qwen_image_server.media.images import ImageLimits, add_watermark, decode_image, encode_image
 from qwen_image_server.media.storage import ResultStore
 from qwen_image_server.metrics import Metrics
@@ -37,7 +38,8 @@ class BatchRunner(Protocol):
 
 class Worker:
     def __init__(self, name: str, runner: BatchRunner, queue: TaskQueue, results: ResultStore,
-                 limits: ImageLimits, metrics: Metrics, lease_seconds: float, max_batch: int) -> None:
+                 limits: ImageLimits, metrics: Metrics, lease_seconds: float, max_batch: int,
+                 max_task_seconds: float = math.inf) -> None:
         self.name = name
         self.runner = runner
         self.queue = queue
@@ -47,6 +49,7 @@ class Worker:
         self.metrics = metrics
         self.lease_seconds = lease_seconds
         self.max_batch = max_batch
+        self.max_task_seconds = max_task_seconds
 
     async def run_forever(self) -> None:
         log.info("worker %s: started", self.name)
@@ -94,6 +97,10 @@ class Worker:
         started = time.perf_counter()
         try:
             results = await self.runner.run_batch(jobs, self._progress_reporter(batch))
+        except TaskTimedOut as error:  # alone, each would only run out of time again
+            for record in batch:
+                await self._fail(record, error)
+            return
         except ServiceError as error:
             if len(batch) == 1:
                 await self._fail(batch[0], error)
@@ -119,15 +126,20 @@ class Worker:
         return jobs
 
     def _progress_reporter(self, batch: list[TaskRecord]) -> Callable[[int, int], None]:
-        """Called on the engine's thread after every denoising step; writes at most a few times a second."""
+        """Called on the engine's thread after every denoising step; writes at most a few times a second, and
+        stops the batch (``TaskTimedOut``) once it has run for ``max_task_seconds``."""
         task_ids = [record.task_id for record in batch]
         last_write = 0.0
+        deadline = time.monotonic() + self.max_task_seconds
 
         def report(step: int, total: int) -> None:
             nonlocal last_write
             for record in batch:
                 record.progress_total = total
             now = time.monotonic()
+            if now > deadline and step < total:
+                raise TaskTimedOut(f"The task ran longer than {self.max_task_seconds:g} s (the server's limit "
+                                   f"per task) and was stopped after {step} of {total} steps.")
             if step == total or now - last_write >= PROGRESS_INTERVAL_SECONDS:
                 last_write = now
                 self.store.progress(task_ids, self.name, step, total)
@@ -137,24 +149,30 @@ class Worker:
     async def _succeed(self, record: TaskRecord, job: Job, result: JobResult, engine_share: float) -> None:
         """``engine_share``: this task's part of its batch's pipeline time, which paces ``Retry-After``."""
         try:
-            outputs = await asyncio.to_thread(self._store_images, record.task_id, result, job)
+            outputs, size = await asyncio.to_thread(self._store_images, record.task_id, result, job)
         except OSError as error:
             log.error("task %s: storing its result failed: %s", record.task_id, error)
             cause = error.strerror or type(error).__name__
             await self._fail(record, ResultStorageFailed(f"Failed to store the result image: {cause}."))
             return
-        if await asyncio.to_thread(self.store.succeed, record.task_id, self.name, outputs, result.actual_prompt):
+        if await asyncio.to_thread(self.store.succeed, record.task_id, self.name, outputs, result.actual_prompt,
+                                   size):
             self._finished(record, TaskState.SUCCEEDED, engine_share)
             self.metrics.images_generated.labels(record.model).inc(len(outputs))
         else:
             log.warning("task %s: lease lost before completion; its result is left to the new owner",
                         record.task_id)
 
-    def _store_images(self, task_id: str, result: JobResult, job: Job) -> list[str]:
+    def _store_images(self, task_id: str, result: JobResult, job: Job) -> tuple[list[str], int]:
+        """The stored results' names and their bytes in all."""
         key = uuid.UUID(task_id).hex
-        return [self.results.save(key, index, encode_image(add_watermark(image) if job.watermark else image,
-                                                           job.output_format, job.output_quality), job.output_format)
-                for index, image in enumerate(result.images)]
+        names, size = [], 0
+        for index, image in enumerate(result.images):
+            data = encode_image(add_watermark(image) if job.watermark else image, job.output_format,
+                                job.output_quality)
+            names.append(self.results.save(key, index, data, job.output_format))
+            size += len(data)
+        return names, size
 
     async def _fail(self, record: TaskRecord, error: ServiceError) -> None:
         failure = TaskFailure(error.code, error.status, error.message)

@@ -16,7 +16,9 @@ def test_parse_size_accepts_width_star_height(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["1024x1024", "1024", "a*b", "0*512", "-1*5", "1024*1024*2", ""])
+@pytest.mark.parametrize("text", ["1024x1024", "1024", "a*b", "0*512", "-1*5", "1024*1024*2", "",
+                                  "\uff15\uff11\uff12*512", "512*\u0665\u0661\u0662", "\u00b2*512",
+                                  "512\t*512", "512*512\n"])
 def test_parse_size_rejects_other_shapes(text):
     with pytest.raises(InvalidParameter):
         parse_size(text)
@@ -94,3 +96,10 @@ def test_image_count_rules():
 def test_rounding_helpers():
     assert round_to_multiple(8, 16) == 16
     assert size_for_aspect(1, 1, 1024 * 1024, 32) == (1024, 1024)
+
+
+def test_prompts_are_bounded_in_characters_well_beyond_their_token_limit():
+    edit = rules("qwen-image-edit-plus")
+    assert edit.prompt_character_limit == 8 * edit.prompt_token_limit
+    assert edit.bound_prompt("x" * 30_000_000) == "x" * edit.prompt_character_limit
+    assert edit.bound_prompt("a cat in a hat") == "a cat in a hat"

@@ -33,7 +33,7 @@ def test_saved_result_is_reachable_through_its_signed_url(store):
     url = store.url(name, time.time())
     assert url.startswith("http://example.test/results/")
     name, expires, signature = parts(url)
-    assert store.path_for(name, expires, signature).read_bytes() == b"png-bytes"
+    assert store.read_signed(name, expires, signature) == b"png-bytes"
     assert expires - time.time() == pytest.approx(3600, abs=5)
 
 
@@ -48,7 +48,7 @@ def test_any_tampering_is_not_found(store, tamper):
     else:
         signature = signature[:-1] + ("0" if signature[-1] != "0" else "1")
     with pytest.raises(ResultNotFound):
-        store.path_for(name, expires, signature)
+        store.read_signed(name, expires, signature)
 
 
 def test_saving_again_overwrites_the_same_name(store):
@@ -72,14 +72,14 @@ def test_expired_url_is_not_found(store):
     name = f"{KEY}-0.png"
     past = int(time.time()) - 1
     with pytest.raises(ResultNotFound):
-        store.path_for(name, past, store.signer.signature(name, past))
+        store.read_signed(name, past, store.signer.signature(name, past))
 
 
 @pytest.mark.parametrize("name", ["../server.db", "..%2Fserver.db", f"{KEY}-0.png/..", "x.png", f"{KEY}-0.PNG"])
 def test_names_outside_the_pattern_never_touch_the_disk(store, name):
     future = int(time.time()) + 60
     with pytest.raises(ResultNotFound):
-        store.path_for(name, future, store.signer.signature(name, future))
+        store.read_signed(name, future, store.signer.signature(name, future))
 
 
 def test_clean_up_removes_only_expired_files(store):
@@ -117,3 +117,27 @@ def test_periodic_clean_up_runs_until_cancelled(store):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert asyncio.run(scenario()) is True
     assert not old.exists()
+
+
+def test_results_are_private_files_in_a_private_directory(store, tmp_path):
+    os.umask(0o022)
+    name = store.save(KEY, 0, b"png")
+    assert (tmp_path / "results").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "results" / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_link_planted_in_the_results_is_neither_read_nor_written_through(store, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not yours")
+    name = f"{KEY}-0.png"
+    (tmp_path / "results" / name).symlink_to(secret)
+    expires = int(time.time()) + 60
+    with pytest.raises(ResultNotFound):
+        store.read_signed(name, expires, store.signer.signature(name, expires))
+    with pytest.raises(ResultNotFound):
+        store.read(name)
+    (tmp_path / "results" / f".{name}.tmp").symlink_to(secret)  # a planted temporary file too
+    store.save(KEY, 0, b"new result")
+    assert secret.read_bytes() == b"not yours"
+    assert not (tmp_path / "results" / name).is_symlink()
+    assert store.read(name) == b"new result"

@@ -8,7 +8,7 @@ from contextlib import closing
 import pytest
 from PIL import Image
 
-from qwen_image_server.tasks.models import Job, NewTask, TaskFailure, TaskFilter, TaskMode, TaskState
+from qwen_image_server.tasks.models import Job, NewTask, Quota, Refusal, TaskFailure, TaskFilter, TaskMode, TaskState
 from qwen_image_server.tasks.sqlite import SqliteTaskStore
 
 LEASE = 30.0
@@ -53,7 +53,7 @@ def new_task(task_id, key_id="key-a", model="qwen-image", mode=TaskMode.ASYNC, b
 def submit(store, clock, *task_ids, **fields):
     """Creates the tasks one clock second apart, so submission order is unambiguous."""
     for task_id in task_ids:
-        assert store.create(new_task(task_id, **fields), max_pending=ROOMY)
+        assert store.create(new_task(task_id, **fields), Quota(ROOMY)) is None
         clock.advance(1)
 
 
@@ -82,7 +82,7 @@ def expire_and_reap(store, clock, max_attempts=3):
 def test_create_stores_a_pending_task_with_its_inputs(store, clock):
     inputs = [b"first", b"\x00\xff\x00binary", b"third" * 1000]
     task = new_task("t1", mode=TaskMode.SYNC, batch_key="qwen-image|256x256|n=1", inputs=inputs)
-    assert store.create(task, max_pending=ROOMY)
+    assert store.create(task, Quota(ROOMY)) is None
 
     record = store.get("t1")
     assert (record.task_id, record.key_id, record.request_id) == ("t1", "key-a", "req-t1")
@@ -101,7 +101,7 @@ def test_create_stores_a_pending_task_with_its_inputs(store, clock):
 def test_parameters_round_trip_through_json(store):
     original = Job(model="qwen-image", prompt="a cat", width=256, height=256, seed=1, n=2,
                    negative_prompt="blurry", prompt_extend=True)
-    store.create(NewTask("t1", "key-a", "req", TaskMode.ASYNC, original, [], None), max_pending=ROOMY)
+    store.create(NewTask("t1", "key-a", "req", TaskMode.ASYNC, original, [], None), Quota(ROOMY))
     record = store.get("t1")
     assert record.parameters == original.parameters()
     assert Job.from_parameters(record.parameters, []) == original
@@ -111,7 +111,7 @@ def test_a_masked_job_stores_its_mask_as_the_last_input(store):
     image, mask = Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), (255, 255, 255))
     original = Job(model="qwen-image", prompt="a cat", width=256, height=256, seed=1, mask=mask,
                    output_format="webp", output_quality=80)
-    store.create(NewTask("t1", "key-a", "req", TaskMode.SYNC, original, [b"image", b"mask"], None), max_pending=ROOMY)
+    store.create(NewTask("t1", "key-a", "req", TaskMode.SYNC, original, [b"image", b"mask"], None), Quota(ROOMY))
     record = store.get("t1")
     assert record.parameters["masked"] is True
     restored = Job.from_parameters(record.parameters, [image, mask])
@@ -130,9 +130,9 @@ def test_task_without_inputs_has_an_empty_input_list(store, clock):
 
 
 def test_create_refuses_once_max_pending_tasks_wait(store):
-    assert store.create(new_task("t1"), max_pending=2)
-    assert store.create(new_task("t2"), max_pending=2)
-    assert not store.create(new_task("t3", inputs=[b"x"]), max_pending=2)
+    assert store.create(new_task("t1"), Quota(2)) is None
+    assert store.create(new_task("t2"), Quota(2)) is None
+    assert store.create(new_task("t3", inputs=[b"x"]), Quota(2)) is Refusal.QUEUE_FULL
     assert store.get("t3") is None
     assert store.inputs("t3") == []
     assert store.count_pending() == 2
@@ -141,14 +141,14 @@ def test_create_refuses_once_max_pending_tasks_wait(store):
 def test_only_pending_tasks_count_against_max_pending(store, clock):
     submit(store, clock, "t1", "t2")
     store.claim("w1", LEASE, max_batch=1)
-    assert store.create(new_task("t3"), max_pending=2)
-    assert not store.create(new_task("t4"), max_pending=2)
+    assert store.create(new_task("t3"), Quota(2)) is None
+    assert store.create(new_task("t4"), Quota(2)) is Refusal.QUEUE_FULL
 
 
 def test_duplicate_task_id_is_rejected_and_leaves_the_store_usable(store, clock):
     submit(store, clock, "t1")
     with pytest.raises(sqlite3.IntegrityError):
-        store.create(new_task("t1", key_id="key-b", inputs=[b"other"]), max_pending=ROOMY)
+        store.create(new_task("t1", key_id="key-b", inputs=[b"other"]), Quota(ROOMY))
     assert store.get("t1").key_id == "key-a"
     assert store.inputs("t1") == []
     submit(store, clock, "t2")
@@ -183,7 +183,7 @@ def test_claims_are_first_in_first_out(store, clock):
 
 def test_tasks_submitted_at_the_same_instant_are_claimed_in_submission_order(store):
     for task_id in ("b", "c", "a"):
-        store.create(new_task(task_id), max_pending=ROOMY)
+        store.create(new_task(task_id), Quota(ROOMY))
     assert [ids(store.claim("w1", LEASE, max_batch=1)) for _ in range(3)] == [["b"], ["c"], ["a"]]
 
 
@@ -225,7 +225,7 @@ def test_concurrent_claims_from_separate_stores_take_every_task_exactly_once(pat
     setup = SqliteTaskStore(path, clock=clock)
     task_ids = [f"t{number:02}" for number in range(50)]
     for number, task_id in enumerate(task_ids):
-        setup.create(new_task(task_id, batch_key=f"k{number % 3}" if number % 2 else None), max_pending=ROOMY)
+        setup.create(new_task(task_id, batch_key=f"k{number % 3}" if number % 2 else None), Quota(ROOMY))
     stores = [SqliteTaskStore(path, clock=clock) for _ in range(4)]
     start = threading.Barrier(len(stores))
 
@@ -519,7 +519,8 @@ def history(store, clock):
     submit(store, clock, "a3")
     submit(store, clock, "a4")
     submit(store, clock, "a5", model="qwen-image-edit")
-    assert [ids(store.claim("w1", LEASE, max_batch=1)) for _ in range(3)] == [["a1"], ["a2"], ["b1"]]
+    # key-b's first task goes before key-a's second: claims take turns across keys
+    assert [ids(store.claim("w1", LEASE, max_batch=1)) for _ in range(3)] == [["a1"], ["b1"], ["a2"]]
     assert store.succeed("a1", "w1", ["a1.png"], None)
     assert store.cancel("a3", "key-a")
     return start
@@ -527,7 +528,7 @@ def history(store, clock):
 
 def listing(store, key_id="key-a", **filters):
     page = store.list(TaskFilter(key_id=key_id, **filters))
-    return page.total, ids(page.records)
+    return page.total, ids(page.rows)
 
 
 def test_list_shows_only_the_keys_tasks_newest_first(store, history):
@@ -536,8 +537,13 @@ def test_list_shows_only_the_keys_tasks_newest_first(store, history):
     assert listing(store, key_id="key-c") == (0, [])
 
 
-def test_list_returns_full_records(store, history):
-    assert store.list(TaskFilter(key_id="key-a")).records[-1] == store.get("a1")
+def test_list_rows_carry_what_the_list_shows_but_never_the_parameters(store, history):
+    row, record = store.list(TaskFilter(key_id="key-a")).rows[-1], store.get("a1")
+    assert (row.task_id, row.key_id, row.request_id, row.model, row.state) == \
+        (record.task_id, record.key_id, record.request_id, record.model, record.state)
+    assert (row.submitted_at, row.started_at, row.finished_at) == \
+        (record.submitted_at, record.started_at, record.finished_at)
+    assert not hasattr(row, "parameters")
 
 
 @pytest.mark.parametrize(("model", "expected"), [
@@ -593,17 +599,18 @@ def test_count_active_counts_pending_and_running_tasks_of_one_key_model_and_mode
     submit(store, clock, "running", "done", "failed", "canceled", "pending")
     submit(store, clock, "sync", mode=TaskMode.SYNC)
     submit(store, clock, "edit", model="qwen-image-edit")
-    submit(store, clock, "other-key", key_id="key-b")
     assert [ids(store.claim("w1", LEASE, max_batch=1)) for _ in range(3)] == [["running"], ["done"], ["failed"]]
+    submit(store, clock, "other-key", key_id="key-b")
     store.succeed("done", "w1", [], None)
     store.fail("failed", "w1", TaskFailure("InternalError", 500, "boom"))
     store.cancel("canceled", "key-a")
 
-    assert store.count_active("key-a", "qwen-image", TaskMode.ASYNC) == 2
-    assert store.count_active("key-a", "qwen-image", TaskMode.SYNC) == 1
-    assert store.count_active("key-a", "qwen-image-edit", TaskMode.ASYNC) == 1
-    assert store.count_active("key-b", "qwen-image", TaskMode.ASYNC) == 1
-    assert store.count_active("key-c", "qwen-image", TaskMode.ASYNC) == 0
+    assert store.count_active("key-a", ["qwen-image"], TaskMode.ASYNC) == 2
+    assert store.count_active("key-a", ["qwen-image"], TaskMode.SYNC) == 1
+    assert store.count_active("key-a", ["qwen-image-edit"], TaskMode.ASYNC) == 1
+    assert store.count_active("key-a", ["qwen-image", "qwen-image-edit"], TaskMode.ASYNC) == 3
+    assert store.count_active("key-b", ["qwen-image"], TaskMode.ASYNC) == 1
+    assert store.count_active("key-c", ["qwen-image"], TaskMode.ASYNC) == 0
 
 
 def test_purge_deletes_finished_tasks_before_the_cut_off_with_their_inputs(store, clock):
@@ -655,3 +662,99 @@ def test_reopened_store_sees_the_same_tasks(store, path, clock):
     assert ids(reopened.claim("w2", LEASE, max_batch=1)) == ["waiting"]
     assert expire_and_reap(reopened, clock) == (2, 0)
     assert not store.succeed("running", "w1", ["late.png"], None)
+
+
+def test_claims_take_turns_across_keys_whatever_the_submission_order(store, clock):
+    submit(store, clock, "a1", "a2", "a3", key_id="key-a")
+    submit(store, clock, "b1", "b2", key_id="key-b")
+    submit(store, clock, "c1", key_id="key-c")
+    claims = [ids(store.claim("w1", LEASE, max_batch=1)) for _ in range(6)]
+    assert claims == [["a1"], ["b1"], ["c1"], ["a2"], ["b2"], ["a3"]]
+
+
+def test_a_key_that_waited_goes_before_a_key_that_was_just_served(store, clock):
+    submit(store, clock, "a1", "a2", key_id="key-a")
+    assert ids(store.claim("w1", LEASE, max_batch=1)) == ["a1"]
+    submit(store, clock, "b1", key_id="key-b")
+    assert ids(store.claim("w1", LEASE, max_batch=1)) == ["b1"]
+    assert ids(store.claim("w1", LEASE, max_batch=1)) == ["a2"]
+
+
+def test_a_batch_fills_round_robin_across_keys(store, clock):
+    submit(store, clock, "a1", "a2", "a3", "a4", key_id="key-a", batch_key="k")
+    submit(store, clock, "b1", "b2", key_id="key-b", batch_key="k")
+    submit(store, clock, "c1", key_id="key-c", batch_key="k")
+    assert ids(store.claim("w1", LEASE, max_batch=4)) == ["a1", "b1", "c1", "a2"]
+
+
+def test_a_key_over_its_share_of_the_queue_is_refused_while_others_are_not(store, clock):
+    quota = Quota(ROOMY, max_pending_per_key=2)
+    assert store.create(new_task("a1"), quota) is None
+    assert store.create(new_task("a2"), quota) is None
+    assert store.create(new_task("a3", inputs=[b"x"]), quota) is Refusal.KEY_SHARE
+    assert store.get("a3") is None and store.inputs("a3") == []
+    assert store.create(new_task("b1", key_id="key-b"), quota) is None
+    store.claim("w1", LEASE, max_batch=1)  # a running task no longer holds a place in the queue
+    assert store.create(new_task("a3"), quota) is None
+
+
+def costly(task_id, cost, key_id="key-a"):
+    task = new_task(task_id, key_id=key_id)
+    task.cost = cost
+    return task
+
+
+def test_a_keys_work_in_flight_is_bounded_by_its_cost_budget(store, clock):
+    quota = Quota(ROOMY, max_cost_per_key=100)
+    assert store.create(costly("big", 250), quota) is None, "alone, any task runs, however large"
+    assert store.create(costly("small", 1), quota) is Refusal.KEY_COST
+    assert store.create(costly("other", 60, key_id="key-b"), quota) is None
+    assert store.create(costly("other-2", 40, key_id="key-b"), quota) is None
+    assert store.create(costly("other-3", 1, key_id="key-b"), quota) is Refusal.KEY_COST
+    store.claim("w1", LEASE, max_batch=1)
+    assert store.succeed("big", "w1", [], None)
+    assert store.create(costly("small", 1), quota) is None, "finished work leaves the budget"
+
+
+def test_a_keys_stored_results_are_bounded_by_its_quota(store, clock):
+    quota = Quota(ROOMY, max_result_bytes_per_key=1000)
+    submit(store, clock, "a1")
+    store.claim("w1", LEASE, max_batch=1)
+    assert store.succeed("a1", "w1", ["a1.png"], None, output_bytes=1000)
+    assert store.create(new_task("a2"), quota) is Refusal.KEY_RESULTS
+    assert store.refusal("key-a", 0, quota) is Refusal.KEY_RESULTS
+    assert store.create(new_task("b1", key_id="key-b"), quota) is None
+    store.purge(clock.now + 1)
+    assert store.create(new_task("a2"), quota) is None, "expired results free the quota"
+
+
+def test_cancel_pending_cancels_only_the_keys_waiting_tasks(store, clock):
+    submit(store, clock, "a1", "a2", inputs=[b"x"])
+    submit(store, clock, "b1", key_id="key-b")
+    store.claim("w1", LEASE, max_batch=1)
+    assert store.cancel_pending("key-a") == 1
+    assert [state(store, task_id) for task_id in ("a1", "a2", "b1")] == \
+        [TaskState.RUNNING, TaskState.CANCELED, TaskState.PENDING]
+    assert store.inputs("a2") == []
+
+
+def test_a_database_from_before_quotas_gains_their_columns(path, clock):
+    path.parent.mkdir(parents=True)
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE tasks (task_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, request_id TEXT "
+                           "NOT NULL, mode TEXT NOT NULL, model TEXT NOT NULL, state TEXT NOT NULL, parameters TEXT "
+                           "NOT NULL, batch_key TEXT, attempt INTEGER NOT NULL DEFAULT 0, worker TEXT, lease_until "
+                           "REAL, submitted_at REAL NOT NULL, started_at REAL, finished_at REAL, progress_step "
+                           "INTEGER, progress_total INTEGER, outputs TEXT NOT NULL DEFAULT '[]', actual_prompt TEXT, "
+                           "error_code TEXT, error_status INTEGER, error_message TEXT)")
+        connection.commit()
+    store = SqliteTaskStore(path, clock=clock)
+    assert store.create(costly("t1", 5), Quota(ROOMY, max_cost_per_key=10)) is None
+    assert raw(path, "SELECT cost, output_bytes FROM tasks") == [(5.0, 0)]
+
+
+def test_the_database_is_private_to_the_servers_user(path, clock):
+    SqliteTaskStore(path, clock=clock).create(new_task("t1"), Quota(ROOMY))
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    for file in path.parent.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o600, file

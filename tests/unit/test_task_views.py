@@ -12,7 +12,7 @@ from qwen_image_server.api.dashscope.tasks import TaskViews, beijing_time, parse
 from qwen_image_server.api.submissions import task_error
 from qwen_image_server.errors import InvalidParameter, UnsupportedOperation
 from qwen_image_server.media.storage import ResultStore, UrlSigner
-from qwen_image_server.tasks.models import Job, NewTask, TaskFailure, TaskMode
+from qwen_image_server.tasks.models import Job, NewTask, Quota, TaskFailure, TaskMode
 from qwen_image_server.tasks.sqlite import SqliteTaskStore
 
 TTL = 24 * 3600
@@ -44,7 +44,7 @@ def views(store, tmp_path):
 def add(store, key="key", n=1):
     task_id = str(uuid.uuid4())
     job = Job(model="qwen-image", prompt="a cat", width=1328, height=1328, seed=3, n=n)
-    store.create(NewTask(task_id, key, "req", TaskMode.ASYNC, job, [], None), max_pending=10)
+    store.create(NewTask(task_id, key, "req", TaskMode.ASYNC, job, [], None), Quota(10))
     return task_id
 
 

@@ -14,7 +14,7 @@ from qwen_image_server.media.images import ImageLimits
 from qwen_image_server.media.storage import ResultStore, UrlSigner
 from qwen_image_server.metrics import Metrics
 from qwen_image_server.settings import Settings
-from qwen_image_server.tasks.models import Job, JobResult, NewTask, TaskMode, TaskState
+from qwen_image_server.tasks.models import Job, JobResult, NewTask, Quota, TaskMode, TaskState
 from qwen_image_server.tasks.queue import TaskQueue
 from qwen_image_server.tasks.sqlite import SqliteTaskStore
 from qwen_image_server.tasks.worker import Worker
@@ -54,7 +54,7 @@ def parts(tmp_path):
 
 def make_worker(parts, engine, lease_seconds=30.0, max_batch=4):
     store, results = parts
-    queue = TaskQueue(store, max_pending=100, poll_seconds=0.05)
+    queue = TaskQueue(store, Quota(100), poll_seconds=0.05)
     return Worker("w", engine, queue, results, ImageLimits.from_settings(Settings()), Metrics(), lease_seconds,
                   max_batch)
 
@@ -62,7 +62,7 @@ def make_worker(parts, engine, lease_seconds=30.0, max_batch=4):
 def add(store, prompt, batch_key="k"):
     task_id = str(uuid.uuid4())
     job = Job(model="qwen-image", prompt=prompt, width=64, height=32, seed=1)
-    assert store.create(NewTask(task_id, "key", task_id, TaskMode.ASYNC, job, [], batch_key), max_pending=100)
+    assert store.create(NewTask(task_id, "key", task_id, TaskMode.ASYNC, job, [], batch_key), Quota(100)) is None
     return task_id
 
 

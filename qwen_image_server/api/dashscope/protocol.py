@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from qwen_image_server.api.wire import WireModel
+from qwen_image_server.api.wire import WireInt, WireModel
 from qwen_image_server.engine.rules import SizeRule
 
 
@@ -29,9 +29,9 @@ class Input(WireModel):
 
 
 class Parameters(WireModel):
-    n: int | None = None
+    n: WireInt | None = None
     size: str | None = None
-    seed: int | None = None
+    seed: WireInt | None = None
     negative_prompt: str | None = None
     prompt_extend: bool | None = None
     watermark: bool | None = None

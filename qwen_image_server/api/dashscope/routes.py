@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
 
 from qwen_image_server.api.auth import ApiKey, require_key
+from qwen_image_server.api.bodies import documented_body, json_body
 from qwen_image_server.api.dashscope import models
 from qwen_image_server.api.dashscope.protocol import (
     ERROR_RESPONSES,
@@ -50,6 +51,8 @@ AsyncHeader = Annotated[str | None, Header(
     alias="X-DashScope-Async", description="`enable`: answer a task id at once, then poll /api/v1/tasks/{task_id}")]
 OssResolveHeader = Annotated[str | None, Header(
     alias="X-DashScope-OssResourceResolve", description="`enable`: resolve oss:// references to uploaded files")]
+GenerationBody = Annotated[GenerationRequest, json_body(GenerationRequest)]
+SynthesisBody = Annotated[SynthesisRequest, json_body(SynthesisRequest)]
 PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE_NO)]
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 
@@ -61,8 +64,9 @@ def enabled(header: str | None) -> bool:
 
 @router.post("/services/aigc/multimodal-generation/generation",
              response_model=GenerationResponse | TaskCreatedResponse, responses=ERROR_RESPONSES,
+             openapi_extra=documented_body(GenerationRequest),
              summary="Edit images or generate from text; as a task with X-DashScope-Async: enable (our extension)")
-async def multimodal_generation(body: GenerationRequest, request: Request, key_id: ApiKey, service: Service,
+async def multimodal_generation(body: GenerationBody, request: Request, key_id: ApiKey, service: Service,
                                 x_dashscope_async: AsyncHeader = None, x_dashscope_ossresourceresolve:
                                 OssResolveHeader = None) -> GenerationResponse | TaskCreatedResponse:
     resolve_oss = enabled(x_dashscope_ossresourceresolve)
@@ -72,8 +76,9 @@ async def multimodal_generation(body: GenerationRequest, request: Request, key_i
 
 
 @router.post("/services/aigc/text2image/image-synthesis", response_model=TaskCreatedResponse,
-             responses=ERROR_RESPONSES, summary="Generate from text as a task (needs X-DashScope-Async: enable)")
-async def image_synthesis(body: SynthesisRequest, request: Request, key_id: ApiKey, service: Service,
+             responses=ERROR_RESPONSES, openapi_extra=documented_body(SynthesisRequest),
+             summary="Generate from text as a task (needs X-DashScope-Async: enable)")
+async def image_synthesis(body: SynthesisBody, request: Request, key_id: ApiKey, service: Service,
                           x_dashscope_async: AsyncHeader = None) -> TaskCreatedResponse:
     if not enabled(x_dashscope_async):
         raise AccessDenied("current user api does not support synchronous calls")

@@ -94,7 +94,7 @@ class DashScopeService:
             raise InvalidParameter("Required parameter input.prompt is missing or empty.")
         negative_prompt = request.input.negative_prompt or request.parameters.negative_prompt
         prepared = await self.generation.prepare(spec, job_request(spec, prompt, [], request.parameters,
-                                                                   negative_prompt))
+                                                                   negative_prompt), key_id)
         return await self._submit_async(prepared, key_id, request_id)
 
     async def _generation_job(self, request: GenerationRequest, key_id: str, resolve_oss: bool,
@@ -105,7 +105,7 @@ class DashScopeService:
         prompt, sources = parse_messages(request.input)
         return await self.generation.prepare(spec, job_request(spec, prompt, sources, request.parameters,
                                                                request.parameters.negative_prompt,
-                                                               key_id if resolve_oss else None))
+                                                               key_id if resolve_oss else None), key_id)
 
     async def _submit_async(self, prepared: PreparedJob, key_id: str, request_id: str) -> TaskCreatedResponse:
         task_id = str(uuid.uuid4())

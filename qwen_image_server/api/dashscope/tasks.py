@@ -118,14 +118,14 @@ class TaskViews:
         query = TaskFilter(key_id=key_id, model=model_name, state=state, submitted_from=max(since or oldest, oldest),
                            submitted_to=parse_list_time(end_time, "end_time"), page_no=page_no, page_size=page_size)
         if api_key_id is not None and api_key_id != key_id:
-            page = TaskPage(total=0, records=[])  # another key's tasks are never visible
+            page = TaskPage(total=0, rows=[])  # another key's tasks are never visible
         else:
             page = await asyncio.to_thread(self.store.list, query)
         return TaskListResponse(
             request_id=request_id, total=page.total, total_page=max(1, math.ceil(page.total / page_size)),
             page_no=page_no, page_size=page_size,
-            data=[TaskSummary(task_id=record.task_id, status=record.state, model_name=record.model,
-                              api_key_id=record.key_id, request_id=record.request_id, region=REGION,
-                              gmt_create=int(record.submitted_at * 1000), start_time=milliseconds(record.started_at),
-                              end_time=milliseconds(record.finished_at))
-                  for record in page.records])
+            data=[TaskSummary(task_id=row.task_id, status=row.state, model_name=row.model,
+                              api_key_id=row.key_id, request_id=row.request_id, region=REGION,
+                              gmt_create=int(row.submitted_at * 1000), start_time=milliseconds(row.started_at),
+                              end_time=milliseconds(row.finished_at))
+                  for row in page.rows])

@@ -2,7 +2,8 @@
 
 Uploaded bytes pass the same image checks as any other input before they are kept, so a temporary
 file that is stored is one a request can use; the signature is checked first, so unsigned bytes are
-never decoded.
+never decoded. A policy works only while the key that asked for it does: revoking the key stops its
+policies at once (and its uploads, which only it can read).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import math
 
 from qwen_image_server.api.dashscope.protocol import UploadedResponse, UploadPolicy, UploadPolicyResponse
 from qwen_image_server.engine.registry import ModelRegistry
-from qwen_image_server.errors import InvalidParameter
+from qwen_image_server.errors import AccessDenied, InvalidParameter
+from qwen_image_server.keys import KeyStore
 from qwen_image_server.media.images import ImageLimits, decode_image
 from qwen_image_server.media.uploads import (
     ACCESS_KEY_ID,
@@ -27,8 +29,10 @@ UPLOADS_ROUTE = "/api/v1/uploads"
 
 
 class UploadService:
-    def __init__(self, store: UploadStore, registry: ModelRegistry, limits: ImageLimits, base_url: str) -> None:
+    def __init__(self, store: UploadStore, keys: KeyStore, registry: ModelRegistry, limits: ImageLimits,
+                 base_url: str) -> None:
         self.store = store
+        self.keys = keys
         self.registry = registry
         self.limits = limits
         self.upload_host = base_url + UPLOADS_ROUTE
@@ -48,6 +52,8 @@ class UploadService:
 
     async def upload(self, form: UploadForm, data: bytes, request_id: str) -> UploadedResponse:
         target = self.store.authorize(form, len(data))
+        if not self.keys.is_active(target.owner):
+            raise AccessDenied("The API key this upload policy was issued to has been revoked.")
         await asyncio.to_thread(decode_image, data, self.limits)
         reference = await asyncio.to_thread(self.store.store, target, data)
         return UploadedResponse(url=reference, request_id=request_id)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from qwen_image_server.api.wire import WireModel
+from qwen_image_server.api.wire import WireInt, WireModel
 
 ResponseFormat = Literal["url", "b64_json"]
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -23,14 +23,14 @@ class ImageOptions(WireModel):
 
     model: str | None = None
     prompt: str = Field(min_length=1)
-    n: int | None = None
+    n: WireInt | None = None
     size: str | None = None
     response_format: ResponseFormat | None = None
     output_format: OutputFormat | None = None
-    output_compression: int | None = Field(None, ge=0, le=100)
+    output_compression: WireInt | None = Field(None, ge=0, le=100)
     stream: bool | None = None
     negative_prompt: str | None = None
-    seed: int | None = None
+    seed: WireInt | None = None
     prompt_extend: bool | None = None
 
 

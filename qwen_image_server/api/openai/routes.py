@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 
 from qwen_image_server.api.auth import ApiKey, require_key
+from qwen_image_server.api.bodies import documented_body, json_body
 from qwen_image_server.api.errors import request_id_of
 from qwen_image_server.api.openai import models
 from qwen_image_server.api.openai.protocol import (
@@ -27,12 +28,13 @@ def get_service(request: Request) -> OpenAIImagesService:
 
 
 Service = Annotated[OpenAIImagesService, Depends(get_service)]
+GenerationsBody = Annotated[GenerationsRequest, json_body(GenerationsRequest)]
 
 
 @router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True,
-             responses=ERROR_RESPONSES, summary="Generate images from a prompt (OpenAI images API)")
-async def generations(body: GenerationsRequest, request: Request, key_id: ApiKey,
-                      service: Service) -> ImagesResponse:
+             responses=ERROR_RESPONSES, openapi_extra=documented_body(GenerationsRequest),
+             summary="Generate images from a prompt (OpenAI images API)")
+async def generations(body: GenerationsBody, request: Request, key_id: ApiKey, service: Service) -> ImagesResponse:
     return await service.generate(body, key_id, request_id_of(request), request.is_disconnected)
 
 

@@ -41,7 +41,7 @@ class OpenAIImagesService:
     async def _run(self, request: ImageOptions, images: list[ImageSource], mask: bytes | None, key_id: str,
                    request_id: str, disconnected: Disconnected) -> ImagesResponse:
         spec = await self.generation.admit(self._model_name(request.model), key_id, TaskMode.SYNC)
-        prepared = await self.generation.prepare(spec, job_request(spec, request, images, mask))
+        prepared = await self.generation.prepare(spec, job_request(spec, request, images, mask), key_id)
         record = await self.generation.run_sync(prepared, key_id, request_id, disconnected)
         return ImagesResponse(
             created=int(record.finished_at or time.time()),

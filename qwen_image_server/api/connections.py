@@ -1,0 +1,156 @@
+"""Client limits below the app, where uvicorn sets none (nginx's client_header_timeout, keepalive_requests and
+connection limits are the model):
+
+- A request's headers must be complete within ``header_timeout_seconds`` of the connection opening or of the
+  previous response. uvicorn's own keep-alive timer is cancelled by any byte, even of an unfinished request,
+  so on its own a client dripping one byte every few seconds keeps a connection forever.
+- At most ``max_connections`` connections overall (kept below the process's descriptor limit) and
+  ``max_connections_per_client`` per client address. At a cap, the oldest connection that is only waiting
+  for a request is closed to make room: a flood of idle or half-sent connections can never shut out a real
+  request. Only when every connection is busy with a request does a new one get a 503.
+- At most ``max_requests_per_connection`` requests on one keep-alive connection.
+
+Bodies have their own deadline, in ``api/frontdoor.py``, where reading them starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
+
+from qwen_image_server.settings import Settings
+
+DESCRIPTOR_HEADROOM = 128  # kept free for the database, model files, fetches and the log
+_BUSY_BODY = json.dumps({"request_id": "", "code": "Throttling",
+                         "message": "Too many connections are busy; retry shortly."}).encode()
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+         b"connection: close\r\ncontent-length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout_seconds: float
+    max_connections: int
+    max_connections_per_client: int
+    max_requests_per_connection: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        soft_limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        ceiling = settings.max_connections
+        if soft_limit != resource.RLIM_INFINITY:
+            ceiling = min(ceiling, max(1, soft_limit - DESCRIPTOR_HEADROOM))
+        return cls(settings.header_timeout_seconds, ceiling, settings.max_connections_per_client,
+                   settings.max_requests_per_connection)
+
+
+class ConnectionTable:
+    """The open connections, oldest first, overall and by client address."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.open: dict[GuardedH11Protocol, None] = {}
+        self.by_client: dict[str, dict[GuardedH11Protocol, None]] = {}
+
+    def admit(self, connection: GuardedH11Protocol) -> bool:
+        """Makes room for ``connection`` if a cap is reached; False when nothing can give way."""
+        same_client = self.by_client.get(connection.client_host, {})
+        for group, cap in ((same_client, self.limits.max_connections_per_client),
+                           (self.open, self.limits.max_connections)):
+            if len(group) >= cap:
+                victim = next((other for other in group if other.waiting), None)
+                if victim is None:
+                    return False
+                self.remove(victim)
+                victim.close_quietly()
+        self.open[connection] = None
+        self.by_client.setdefault(connection.client_host, {})[connection] = None
+        return True
+
+    def remove(self, connection: GuardedH11Protocol) -> None:
+        self.open.pop(connection, None)
+        group = self.by_client.get(connection.client_host)
+        if group is not None:
+            group.pop(connection, None)
+            if not group:
+                del self.by_client[connection.client_host]
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol under ``ConnectionLimits``; ``table`` is set per server by ``guarded_protocol``."""
+
+    table: ClassVar[ConnectionTable]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.client_host = self.client[0] if self.client else ""
+        self.requests_seen = 0
+        self.seen_cycle: RequestResponseCycle | None = None
+        self.header_timer: asyncio.TimerHandle | None = None
+        if not self.table.admit(self):
+            transport.write(_BUSY)
+            transport.close()
+            return
+        self.await_request()
+
+    @property
+    def waiting(self) -> bool:
+        """Between requests, or still receiving a request's headers: nothing is lost by closing it."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def await_request(self) -> None:
+        self.cancel_header_timer()
+        self.header_timer = self.loop.call_later(self.table.limits.header_timeout_seconds, self.close_quietly)
+
+    def cancel_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def notice_request(self) -> bool:
+        """True once a new request's headers have arrived (uvicorn then made a new cycle)."""
+        if self.cycle is None or self.cycle is self.seen_cycle:
+            return False
+        self.seen_cycle = self.cycle
+        self.cancel_header_timer()
+        self.requests_seen += 1
+        if self.requests_seen >= self.table.limits.max_requests_per_connection:
+            self.cycle.keep_alive = False
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.notice_request()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start a pipelined request
+        if not self.notice_request() and not self.transport.is_closing():
+            self.await_request()
+
+    def close_quietly(self, *_args: Any) -> None:
+        self.cancel_header_timer()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cancel_header_timer()
+        self.table.remove(self)
+        super().connection_lost(exc)
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
+    """A protocol class with its own connection table, for one server."""
+    return type("ServerH11Protocol", (GuardedH11Protocol,), {"table": ConnectionTable(limits)})
+
+
+def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for our app: the guarded HTTP/1.1 protocol, no WebSockets, our keep-alive."""
+    return uvicorn.Config(app, host=settings.host, port=settings.port, http=guarded_protocol(
+        ConnectionLimits.from_settings(settings)), ws="none", timeout_keep_alive=settings.keep_alive_seconds,
+        **options)
