@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = load_registry(settings.preset, settings.demo_models_dir, settings.models_config,
+        registry = load_registry(settings.preset, settings.demo_models, settings.models_config,
                                  settings.enabled_models)
         secret = (settings.url_signing_secret.encode() if settings.url_signing_secret
                   else load_or_create_secret(settings.data_dir / "url-signing.key"))
@@ -80,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
                           settings.task_lease_seconds, settings.max_batch_size, settings.task_max_seconds)
                    for index, runner in enumerate(runners)]
         fetcher = ImageFetcher(settings)
+        await fetcher.check_guard()
         app.state.registry = registry
         app.state.started_at = int(time.time())
         app.state.results = results
@@ -92,7 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.openai_images = OpenAIImagesService(generation)
         app.state.upload_service = UploadService(uploads, keys, registry, limits, settings.base_url)
         app.state.task_views = TaskViews(store, results, settings.result_ttl_seconds)
-        prepare = (lambda: build_demo_models(settings.demo_models_dir)) if settings.preset == "demo" else None
+        prepare = (lambda: build_demo_models(settings.demo_models)) if settings.preset == "demo" else None
         background = [
             asyncio.create_task(_load_models(runners, prepare, queue)),
             *(asyncio.create_task(worker.run_forever()) for worker in workers),

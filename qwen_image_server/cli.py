@@ -81,8 +81,7 @@ def demo_models(arguments: argparse.Namespace) -> int:
     from qwen_image_server.engine.demo_models import build_demo_models
 
     settings = _settings(arguments, ("data_dir", "demo_models_dir"))
-    assert settings.demo_models_dir is not None
-    for family, path in build_demo_models(settings.demo_models_dir).items():
+    for family, path in build_demo_models(settings.demo_models).items():
         print(f"{family}: {path}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -13,7 +14,7 @@ _SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        common = {"namespace": _NAMESPACE, "registry": self.registry}
+        common: dict[str, Any] = {"namespace": _NAMESPACE, "registry": self.registry}
         self.requests = Counter("requests", "HTTP requests by route template, method, status and API error code",
                                 ["route", "method", "status", "code"], **common)
         self.queue_depth = Gauge("queue_depth", "Tasks waiting to run (PENDING)", **common)

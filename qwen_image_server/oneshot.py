@@ -53,11 +53,10 @@ def run_in_process(request: Request, settings: Settings) -> list[Path]:
     from qwen_image_server.engine.registry import load_registry
     from qwen_image_server.tasks.models import Job
 
-    assert settings.demo_models_dir is not None
     output_format = _format_of(request.output)
     if settings.preset == "demo":
-        build_demo_models(settings.demo_models_dir)
-    registry = load_registry(settings.preset, settings.demo_models_dir, settings.models_config, [request.model])
+        build_demo_models(settings.demo_models)
+    registry = load_registry(settings.preset, settings.demo_models, settings.models_config, [request.model])
     spec = registry.get(request.model)
     spec.rules.check_image_count(len(request.images))
     spec.rules.check_n(request.n)

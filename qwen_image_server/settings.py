@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(10.0, gt=0)  # from connecting, or from the previous response
     body_grace_seconds: float = Field(10.0, ge=0)
     body_min_bytes_per_second: int = Field(32 * 1024, gt=0)  # after the grace period, on average
-    keep_alive_seconds: float = Field(5.0, gt=0)
+    keep_alive_seconds: int = Field(5, gt=0)
     max_connections: int = Field(1000, ge=1)  # also kept 128 below the process's descriptor limit
     max_connections_per_client: int = Field(256, ge=1)
     max_requests_per_connection: int = Field(1000, ge=1)
@@ -112,9 +112,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser()
-        if self.demo_models_dir is None:
-            self.demo_models_dir = self.data_dir / "demo-models"
         return self
+
+    @property
+    def demo_models(self) -> Path:
+        """Where the demo preset's tiny models are built: ``demo_models_dir``, or inside the data directory."""
+        return self.demo_models_dir or self.data_dir / "demo-models"
 
     @property
     def results_dir(self) -> Path:

@@ -9,6 +9,10 @@ connection limits are the model):
   for a request is closed to make room: a flood of idle or half-sent connections can never shut out a real
   request. Only when every connection is busy with a request does a new one get a 503.
 - At most ``max_requests_per_connection`` requests on one keep-alive connection.
+- Closing after an answer is a lingering close, as nginx's: the write side is shut first and what the
+  client still sends is read and dropped for up to ``LINGER_SECONDS``. Closing a socket with unread bytes
+  in it makes the kernel send a reset, which can destroy an answer (a 401 or 413 sent before the body was
+  read) before the client has read it.
 
 Bodies have their own deadline, in ``api/frontdoor.py``, where reading them starts.
 """
@@ -22,11 +26,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import uvicorn
+from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from qwen_image_server.settings import Settings
 
 DESCRIPTOR_HEADROOM = 128  # kept free for the database, model files, fetches and the log
+LINGER_SECONDS = 2.0
 _BUSY_BODY = json.dumps({"request_id": "", "code": "Throttling",
                          "message": "Too many connections are busy; retry shortly."}).encode()
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
@@ -48,6 +54,36 @@ class ConnectionLimits:
             ceiling = min(ceiling, max(1, soft_limit - DESCRIPTOR_HEADROOM))
         return cls(settings.header_timeout_seconds, ceiling, settings.max_connections_per_client,
                    settings.max_requests_per_connection)
+
+
+class LingeringTransport:
+    """The connection's transport, whose ``close`` lingers (see the module's docstring); the rest is the
+    transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.lingering = True
+        self.transport.write_eof()  # after what is buffered: the answer goes out whole, then our FIN
+        self.transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def abort(self) -> None:
+        self.transport.abort()
 
 
 class ConnectionTable:
@@ -88,14 +124,14 @@ class GuardedH11Protocol(H11Protocol):
     table: ClassVar[ConnectionTable]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(LingeringTransport(transport, self.loop))  # type: ignore[arg-type]
         self.client_host = self.client[0] if self.client else ""
         self.requests_seen = 0
         self.seen_cycle: RequestResponseCycle | None = None
         self.header_timer: asyncio.TimerHandle | None = None
         if not self.table.admit(self):
-            transport.write(_BUSY)
-            transport.close()
+            self.transport.write(_BUSY)
+            self.transport.close()
             return
         self.await_request()
 
@@ -121,10 +157,14 @@ class GuardedH11Protocol(H11Protocol):
         self.cancel_header_timer()
         self.requests_seen += 1
         if self.requests_seen >= self.table.limits.max_requests_per_connection:
+            # uvicorn answers a request that says "Connection: close" with the same header, then closes.
+            self.headers.append(CLOSE_HEADER)  # the list the request's scope holds
             self.cycle.keep_alive = False
         return True
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # lingering: what the client still sends is dropped
         super().data_received(data)
         self.notice_request()
 
@@ -134,9 +174,9 @@ class GuardedH11Protocol(H11Protocol):
             self.await_request()
 
     def close_quietly(self, *_args: Any) -> None:
+        """Closes a connection that is owed no answer (idle, or still sending headers): at once."""
         self.cancel_header_timer()
-        if not self.transport.is_closing():
-            self.transport.close()
+        self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_header_timer()

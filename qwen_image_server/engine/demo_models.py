@@ -26,7 +26,6 @@ import torch
 from diffusers import (
     AutoencoderKLQwenImage,
     AutoencoderKLQwenImage21,
-    DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
     QwenImage21Pipeline,
     QwenImage21Transformer2DModel,
@@ -242,7 +241,7 @@ def _qwen25_vl_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForCondition
             "window_size": 112,
             "fullatt_block_indexes": [1],
         },
-        vocab_size=_vocab_size(tokenizer),
+        vocab_size=_vocab_size(tokenizer),  # type: ignore[call-arg]  # read at the top level; not in the stubs
         **_token_ids(tokenizer),
     )
     model = Qwen2_5_VLForConditionalGeneration(config)
@@ -271,7 +270,7 @@ def _qwen3_vl_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen3VLForConditionalGe
             "num_position_embeddings": 64,
             "deepstack_visual_indexes": [0],
         },
-        vocab_size=_vocab_size(tokenizer),
+        vocab_size=_vocab_size(tokenizer),  # type: ignore[call-arg]  # read at the top level; not in the stubs
         **_token_ids(tokenizer),
     )
     model = Qwen3VLForConditionalGeneration(config)
@@ -412,7 +411,7 @@ def _qwen_image_21() -> QwenImage21Pipeline:
     )
 
 
-_BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
+_BUILDERS: dict[str, Callable[[], Any]] = {  # each a diffusers pipeline of its family
     "qwen-image": _qwen_image,
     "qwen-image-edit": _qwen_image_edit,
     "qwen-image-edit-plus": _qwen_image_edit_plus,

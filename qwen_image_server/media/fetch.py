@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from qwen_image_server.settings import Settings
 
 USER_AGENT = "qwen-image-server/0.1 (image fetch)"
+GUARD_PROBE_URL = "http://0.0.0.0:9/"  # never allowed: "this host", on the discard port
 
 Resolver = Callable[[str, int], Sequence[str]]
 """Maps a host and port to IP address strings; called in a worker thread."""
@@ -174,7 +175,11 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
 
 
 class _CheckedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport on our backend; no proxy, as a proxy would connect where we did not check."""
+    """httpx's transport on our backend; no proxy, as a proxy would connect where we did not check.
+
+    httpx takes no network backend, so this replaces its private ``_pool``: a future httpx that stopped
+    using it would route around the check. ``ImageFetcher.check_guard`` proves at start-up that it does not.
+    """
 
     def __init__(self, backend: _CheckedBackend) -> None:
         super().__init__(trust_env=False)
@@ -219,6 +224,18 @@ class ImageFetcher:
             raise InputDownloadFailed("Image download failed: timed out.") from exc
         except httpx.HTTPError as exc:
             raise InputDownloadFailed("Image download failed: could not connect or read the answer.") from exc
+
+    async def check_guard(self) -> None:
+        """Raises ``RuntimeError`` unless a request for a refused address is stopped by our backend before it
+        connects anywhere, as every fetch must be."""
+        try:
+            await self._client.get(GUARD_PROBE_URL)
+        except InvalidURL:
+            return
+        except httpx.HTTPError as error:
+            raise RuntimeError(f"the SSRF guard is not in httpx's path (the probe got {error!r}); "
+                               "image URLs cannot be fetched safely with this httpx") from error
+        raise RuntimeError("the SSRF guard is not in httpx's path: the probe of a refused address was answered")
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -268,8 +268,8 @@ class SqliteTaskStore:
                 (TaskState.PENDING, TaskState.RUNNING, now)).rowcount
         return requeued, failed
 
-    def list(self, query: TaskFilter) -> TaskPage:
-        conditions, values = ["key_id = ?"], [query.key_id]
+    def list_tasks(self, query: TaskFilter) -> TaskPage:
+        conditions, values = ["key_id = ?"], list[Any]([query.key_id])
         for condition, value in (("model = ?", query.model), ("state = ?", query.state),
                                  ("submitted_at >= ?", query.submitted_from),
                                  ("submitted_at <= ?", query.submitted_to)):

@@ -143,3 +143,14 @@ def test_curl_flow_upload_then_edit_as_a_task(server):
         done = wait_for(client, reply.json()["output"]["task_id"], {"SUCCEEDED", "FAILED"})
     assert done["output"]["task_status"] == "SUCCEEDED", done
     assert (done["usage"]["width"], done["usage"]["height"]) == (512, 512)
+
+
+def test_revoking_a_key_stops_its_upload_policies_at_once(server):
+    store = KeyStore(server.settings.database_path)
+    key = store.create("soon revoked")
+    data = policy(server, key=key)
+    assert store.revoke(store.verify(key))
+    assert_error(post_upload(data, png_bytes((64, 64))), 403, "AccessDenied", "revoked")
+    reply = httpx.get(f"{server.url}/api/v1/uploads", params={"action": "getPolicy", "model": EDIT_MODEL},
+                      headers={"Authorization": f"Bearer {key}"})
+    assert_error(reply, 401, "InvalidApiKey", "Invalid API-key")

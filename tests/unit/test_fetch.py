@@ -364,3 +364,24 @@ def test_unresolvable_host_fails_the_download(tmp_path: Path) -> None:
 )
 def test_address_policy(address: str, public: bool) -> None:
     assert is_public_address(ip_address(address)) is public
+
+
+def test_the_start_up_check_passes_with_the_guard_and_fails_if_httpx_routes_around_it(tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    from qwen_image_server.media.fetch import ImageFetcher
+
+    async def check(bypass: bool) -> None:
+        fetcher = ImageFetcher(Settings(data_dir=tmp_path))
+        try:
+            if bypass:  # what an httpx release that stopped using the transport's pool would amount to
+                fetcher._client._transport = httpx.AsyncHTTPTransport(trust_env=False)
+            await fetcher.check_guard()
+        finally:
+            await fetcher.aclose()
+
+    asyncio.run(check(bypass=False))
+    with pytest.raises(RuntimeError, match="SSRF guard is not in httpx's path"):
+        asyncio.run(check(bypass=True))

@@ -527,7 +527,7 @@ def history(store, clock):
 
 
 def listing(store, key_id="key-a", **filters):
-    page = store.list(TaskFilter(key_id=key_id, **filters))
+    page = store.list_tasks(TaskFilter(key_id=key_id, **filters))
     return page.total, ids(page.rows)
 
 
@@ -538,7 +538,7 @@ def test_list_shows_only_the_keys_tasks_newest_first(store, history):
 
 
 def test_list_rows_carry_what_the_list_shows_but_never_the_parameters(store, history):
-    row, record = store.list(TaskFilter(key_id="key-a")).rows[-1], store.get("a1")
+    row, record = store.list_tasks(TaskFilter(key_id="key-a")).rows[-1], store.get("a1")
     assert (row.task_id, row.key_id, row.request_id, row.model, row.state) == \
         (record.task_id, record.key_id, record.request_id, record.model, record.state)
     assert (row.submitted_at, row.started_at, row.finished_at) == \

@@ -120,7 +120,7 @@ class TaskViews:
         if api_key_id is not None and api_key_id != key_id:
             page = TaskPage(total=0, rows=[])  # another key's tasks are never visible
         else:
-            page = await asyncio.to_thread(self.store.list, query)
+            page = await asyncio.to_thread(self.store.list_tasks, query)
         return TaskListResponse(
             request_id=request_id, total=page.total, total_page=max(1, math.ceil(page.total / page_size)),
             page_no=page_no, page_size=page_size,
