@@ -1,9 +1,8 @@
 """API keys in SQLite, stored only as SHA-256 hashes, listed by id and revoked at once.
 
-Keys are 256-bit random tokens, so a fast hash is enough: there is nothing to brute-force. A key is found
-by its hash through an index and the one candidate is compared in constant time: the lookup's timing can
-only tell a caller about the hash of what it sent, never about a stored key. The table is read on every
-check, so a key created or revoked by the CLI takes effect without a restart.
+Keys are 256-bit random tokens, so a fast hash is enough: there is nothing to brute-force. A presented key's
+hash is compared with every working key's hash in constant time, with no early exit. The table is read on
+every check, so a key created or revoked by the CLI takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ CREATE TABLE IF NOT EXISTS api_keys (
     name TEXT NOT NULL,
     created_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS api_keys_by_hash ON api_keys (key_hash);
 """
 
 
@@ -73,9 +71,12 @@ class KeyStore:
         """The key's id if ``key`` is a key that was not revoked, else None."""
         presented = hash_key(key)
         with transaction(self.database) as connection:
-            rows = connection.execute("SELECT id, key_hash FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                                      (presented,)).fetchall()
-        return next((key_id for key_id, stored in rows if hmac.compare_digest(presented, stored)), None)
+            rows = connection.execute("SELECT id, key_hash FROM api_keys WHERE revoked_at IS NULL").fetchall()
+        match = None
+        for key_id, stored in rows:
+            if hmac.compare_digest(presented, stored):
+                match = key_id
+        return match
 
     def is_active(self, key_id: str) -> bool:
         with transaction(self.database) as connection:

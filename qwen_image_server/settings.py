@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     body_grace_seconds: float = Field(10.0, ge=0)
     body_min_bytes_per_second: int = Field(32 * 1024, gt=0)  # after the grace period, on average
     keep_alive_seconds: int = Field(5, gt=0)
-    max_connections: int = Field(1000, ge=1)  # also kept 128 below the process's descriptor limit
+    max_connections: int = Field(1000, ge=1)  # and within the descriptor limit (api/connections.py)
     max_connections_per_client: int = Field(256, ge=1)
     max_requests_per_connection: int = Field(1000, ge=1)
 

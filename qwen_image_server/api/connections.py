@@ -33,6 +33,7 @@ from qwen_image_server.settings import Settings
 
 DESCRIPTOR_HEADROOM = 128  # kept free for the database, model files, fetches and the log
 LINGER_SECONDS = 2.0
+MAX_BACKLOG = 2048  # uvicorn's default
 _BUSY_BODY = json.dumps({"request_id": "", "code": "Throttling",
                          "message": "Too many connections are busy; retry shortly."}).encode()
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
@@ -45,15 +46,20 @@ class ConnectionLimits:
     max_connections: int
     max_connections_per_client: int
     max_requests_per_connection: int
+    backlog: int = MAX_BACKLOG
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        """The caps, kept within the process's descriptor limit. asyncio accepts up to ``backlog`` sockets in one
+        go before any of them can make room, and pauses accepting for a second when descriptors run out; so the
+        backlog is scaled to the limit, and the open connections stay below it by the backlog and a headroom."""
         soft_limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        ceiling = settings.max_connections
+        ceiling, backlog = settings.max_connections, MAX_BACKLOG
         if soft_limit != resource.RLIM_INFINITY:
-            ceiling = min(ceiling, max(1, soft_limit - DESCRIPTOR_HEADROOM))
+            backlog = min(MAX_BACKLOG, max(16, (soft_limit - DESCRIPTOR_HEADROOM) // 4))
+            ceiling = min(ceiling, max(1, soft_limit - DESCRIPTOR_HEADROOM - backlog))
         return cls(settings.header_timeout_seconds, ceiling, settings.max_connections_per_client,
-                   settings.max_requests_per_connection)
+                   settings.max_requests_per_connection, backlog)
 
 
 class LingeringTransport:
@@ -191,6 +197,6 @@ def guarded_protocol(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
 
 def uvicorn_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for our app: the guarded HTTP/1.1 protocol, no WebSockets, our keep-alive."""
-    return uvicorn.Config(app, host=settings.host, port=settings.port, http=guarded_protocol(
-        ConnectionLimits.from_settings(settings)), ws="none", timeout_keep_alive=settings.keep_alive_seconds,
-        **options)
+    limits = ConnectionLimits.from_settings(settings)
+    return uvicorn.Config(app, host=settings.host, port=settings.port, http=guarded_protocol(limits), ws="none",
+                          timeout_keep_alive=settings.keep_alive_seconds, backlog=limits.backlog, **options)

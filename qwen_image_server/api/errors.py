@@ -63,10 +63,19 @@ async def _service_error(request: Request, error: Exception) -> JSONResponse:
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = error.errors()
-    if any(problem.get("type") == "json_invalid" for problem in problems):
-        return _answer(request, 400, "InvalidParameter", "Required body invalid, please check the request body format.")
+    invalid = next((problem for problem in problems if problem.get("type") == "json_invalid"), None)
+    if invalid is not None:
+        return _answer(request, 400, "InvalidParameter", "Required body invalid, please check the request body "
+                                                         f"format: {_json_problem(str(invalid.get('msg', '')))}")
     message = "; ".join(_describe(problem) for problem in problems[:5])
     return _answer(request, 400, "InvalidParameter", message, param=_location(problems[0]) if problems else None)
+
+
+def _json_problem(message: str) -> str:
+    """pydantic's words for malformed JSON; a lone surrogate escape (``"\\ud800"``) reads as a bad hex escape."""
+    if "hex escape" in message or "surrogate" in message:
+        return "a string is not valid Unicode text (a lone surrogate escape)."
+    return message.removeprefix("Invalid JSON: ") + "."
 
 
 def _location(problem: dict) -> str | None:

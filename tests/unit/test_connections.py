@@ -62,4 +62,5 @@ def test_removed_connections_leave_no_trace():
 def test_the_cap_stays_below_the_descriptor_limit():
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limits = ConnectionLimits.from_settings(Settings(max_connections=10**6))
-    assert soft == resource.RLIM_INFINITY or limits.max_connections <= soft - DESCRIPTOR_HEADROOM
+    assert soft == resource.RLIM_INFINITY or \
+        limits.max_connections + limits.backlog <= soft - DESCRIPTOR_HEADROOM
