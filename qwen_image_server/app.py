@@ -30,7 +30,7 @@ from qwen_image_server.api.playground import install_playground
 from qwen_image_server.api.submissions import GenerationService
 from qwen_image_server.engine.demo_models import build_demo_models
 from qwen_image_server.engine.engine import Device, Engine, EngineRunner
-from qwen_image_server.engine.registry import load_registry
+from qwen_image_server.engine.registry import ModelRegistry, load_registry
 from qwen_image_server.keys import KeyStore
 from qwen_image_server.media.fetch import ImageFetcher
 from qwen_image_server.media.images import ImageLimits
@@ -46,7 +46,8 @@ from qwen_image_server.tasks.worker import Worker, maintain_periodically
 log = logging.getLogger(__name__)
 
 
-UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024  # the policy, its signature and the other OSS form fields
+UPLOAD_FORM_OVERHEAD_BYTES = 64 * 1024
+COMPATIBLE_MODE_PREFIX = "/compatible-mode"  # the policy, its signature and the other OSS form fields
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -57,7 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = load_registry(settings.preset, settings.demo_models, settings.models_config,
-                                 settings.enabled_models)
+                                 settings.enabled_models, settings.model_aliases)
+        warn_of_non_commercial_weights(registry)
         secret = (settings.url_signing_secret.encode() if settings.url_signing_secret
                   else load_or_create_secret(settings.data_dir / "url-signing.key"))
         results = ResultStore(settings.results_dir, UrlSigner(secret), settings.base_url,
@@ -113,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
                 runner.close()
 
     app = FastAPI(title="qwen-image-server", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False,
                   description="Qwen-Image editing and generation behind the DashScope and OpenAI images APIs.")
     app.state.keys = keys
     body_limits = BodyLimits(settings.max_request_bytes, settings.body_grace_seconds,
@@ -123,6 +126,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(dashscope_routes.router)
     app.include_router(openai_routes.router)
+    # Model Studio's OpenAI-compatible base path; documented once, under /v1, in the schema.
+    app.include_router(openai_routes.router, prefix=COMPATIBLE_MODE_PREFIX, include_in_schema=False)
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
@@ -131,6 +136,14 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.api_docs:
         install_docs(app)
     return app
+
+
+def warn_of_non_commercial_weights(registry: ModelRegistry) -> None:
+    restricted = registry.non_commercial()
+    if restricted:
+        log.warning("NON-COMMERCIAL WEIGHTS: %s run on weights under the %s; they may not be used commercially. "
+                    "--preset apache serves every name on Apache-2.0 weights.",
+                    ", ".join(spec.name for spec in restricted), restricted[0].licence.name)
 
 
 def device_label(runner: EngineRunner) -> str:

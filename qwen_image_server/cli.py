@@ -17,7 +17,16 @@ def _settings(arguments: argparse.Namespace, names: tuple[str, ...]) -> Settings
     """Settings from the options given on the command line; the rest from ``QIS_*`` or defaults."""
     given: dict[str, Any] = {name: getattr(arguments, name) for name in names
                              if getattr(arguments, name, None) is not None}
+    if "model_aliases" in given:
+        given["model_aliases"] = dict(given["model_aliases"])
     return Settings(**given)
+
+
+def _alias(text: str) -> tuple[str, str]:
+    name, separator, model = text.partition("=")
+    if not (separator and name and model):
+        raise argparse.ArgumentTypeError(f"an alias is NAME=MODEL, got {text!r}")
+    return name, model
 
 
 def serve(arguments: argparse.Namespace) -> int:
@@ -27,8 +36,8 @@ def serve(arguments: argparse.Namespace) -> int:
     from qwen_image_server.app import create_app
     from qwen_image_server.keys import KeyStore
 
-    settings = _settings(arguments, ("host", "port", "preset", "models_config", "enabled_models", "data_dir",
-                                     "public_base_url", "device", "create_first_key", "api_docs"))
+    settings = _settings(arguments, ("host", "port", "preset", "models_config", "enabled_models", "model_aliases",
+                                     "data_dir", "public_base_url", "device", "create_first_key", "api_docs"))
     keys = KeyStore(settings.database_path)
     if keys.count() == 0:
         if not settings.is_loopback and not settings.create_first_key:
@@ -93,7 +102,8 @@ def one_shot(arguments: argparse.Namespace) -> int:
     request = oneshot.Request(
         model=arguments.model, prompt=arguments.prompt, images=list(getattr(arguments, "images", [])),
         output=arguments.output, n=arguments.n, size=arguments.size, seed=arguments.seed,
-        negative_prompt=arguments.negative_prompt, prompt_extend=arguments.prompt_extend)
+        negative_prompt=arguments.negative_prompt, prompt_extend=arguments.prompt_extend,
+        mask=getattr(arguments, "mask", None))
     try:
         if arguments.server:
             api_key = arguments.api_key or os.environ.get("DASHSCOPE_API_KEY")
@@ -126,7 +136,8 @@ def _add_one_shot(commands: Any, name: str, default_model: str, help_text: str) 
                          help="rewrite the prompt with the model's language model first")
     command.add_argument("--server", help="a running server's base URL: submit there as a task instead")
     command.add_argument("--api-key", dest="api_key", help="for --server (default: $DASHSCOPE_API_KEY)")
-    command.add_argument("--preset", choices=["demo", "real"], help="in process: demo (tiny offline models) or real")
+    command.add_argument("--preset", choices=["demo", "real", "apache"],
+                         help="in process: demo (tiny offline models), real or apache (Apache-2.0 weights only)")
     command.add_argument("--models-config", type=Path, dest="models_config")
     command.add_argument("--data-dir", type=Path, dest="data_dir")
     command.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -141,10 +152,14 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("serve", help="start the HTTP server")
     run.add_argument("--host")
     run.add_argument("--port", type=int)
-    run.add_argument("--preset", choices=["demo", "real"], help="demo: tiny offline models (noise)")
+    run.add_argument("--preset", choices=["demo", "real", "apache"],
+                     help="demo: tiny offline models (noise); real: the published weights; apache: every name on "
+                          "Apache-2.0 weights only")
     run.add_argument("--models-config", type=Path, dest="models_config", help="TOML model registry overrides")
     run.add_argument("--models", dest="enabled_models", type=lambda text: text.split(","),
                      help="comma-separated API model names to serve (default: all)")
+    run.add_argument("--alias", dest="model_aliases", action="append", type=_alias, metavar="NAME=MODEL",
+                     help="also serve NAME with MODEL's weights (repeatable), e.g. qwen-image-3.0=qwen-image-2.1-pro")
     run.add_argument("--data-dir", type=Path, dest="data_dir")
     run.add_argument("--public-base-url", dest="public_base_url")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -157,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
 
     edit = _add_one_shot(commands, "edit", "qwen-image-edit-plus", "edit 1-3 images once, with a progress bar")
     edit.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    edit.add_argument("--mask", type=Path, help="inpaint: a mask as large as the image, transparent (or white) "
+                                                "where it is to be edited")
     _add_one_shot(commands, "generate", "qwen-image-2.0", "generate from text once, with a progress bar")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command",

@@ -1,8 +1,9 @@
 """One edit or generation from the command line, with a progress bar over the denoising steps.
 
-In process, the request is checked by the same model rules as the API and run by the same engine,
-without a server or a queue. With a server URL, it is submitted as a task to a running server, whose
-progress is followed by polling the task, and the results are downloaded.
+In process, the request is prepared exactly as the API prepares one (``api/submissions.py``: model rules,
+bounded prompts, the mask) and run by the same engine, without a server or a queue. With a server URL, it
+is submitted as a task to a running server, whose progress is followed by polling the task, and the
+results are downloaded.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import httpx
 from PIL import Image
 from tqdm import tqdm
 
-from qwen_image_server.engine.rules import check_seed
+from qwen_image_server.api.submissions import JobRequest, checked_request, job_for, load_mask
 from qwen_image_server.errors import InvalidParameter, ServiceError
 from qwen_image_server.media.images import ImageLimits, decode_image, encode_image
 from qwen_image_server.settings import Settings
 
 GENERATION = "/api/v1/services/aigc/multimodal-generation/generation"
+OPENAI_EDITS = "/v1/images/edits"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Request:
     seed: int | None = None
     negative_prompt: str | None = None
     prompt_extend: bool = False
+    mask: Path | None = None  # inpainting: white (or transparent) where the first image is to be edited
 
     def output_paths(self, count: int) -> list[Path]:
         """``OUT`` for one image; ``OUT-1``, ``OUT-2``, ... (same suffix) for several."""
@@ -51,21 +54,25 @@ def run_in_process(request: Request, settings: Settings) -> list[Path]:
     from qwen_image_server.engine.demo_models import build_demo_models
     from qwen_image_server.engine.engine import Device, Engine
     from qwen_image_server.engine.registry import load_registry
-    from qwen_image_server.tasks.models import Job
 
     output_format = _format_of(request.output)
     if settings.preset == "demo":
         build_demo_models(settings.demo_models)
     registry = load_registry(settings.preset, settings.demo_models, settings.models_config, [request.model])
     spec = registry.get(request.model)
-    spec.rules.check_image_count(len(request.images))
-    spec.rules.check_n(request.n)
-    images = [decode_image(path.read_bytes(), ImageLimits.from_settings(settings)) for path in request.images]
-    width, height = spec.rules.output_size(spec.rules.requested_size(request.size),
-                                           images[-1].size if images else None, spec.family.output_multiple)
-    seed = check_seed(request.seed)
-    job = Job(model=spec.name, prompt=request.prompt, width=width, height=height, seed=seed, n=request.n,
-              images=images, negative_prompt=request.negative_prompt, prompt_extend=request.prompt_extend)
+    job_request = JobRequest(
+        prompt=request.prompt, images=[path.read_bytes() for path in request.images],
+        mask=request.mask.read_bytes() if request.mask else None, n=request.n,
+        size=spec.rules.requested_size(request.size), seed=request.seed, negative_prompt=request.negative_prompt,
+        prompt_extend=request.prompt_extend, output_format=output_format)
+    spec, n, seed = checked_request(spec, registry, job_request)
+    limits = ImageLimits.from_settings(settings)
+    images = [decode_image(data, limits) for data in job_request.images if isinstance(data, bytes)]
+    last_size = images[-1].size if images else None
+    job = job_for(spec, job_request, n, seed, last_size)
+    job.images = images
+    if job_request.mask is not None:
+        job.mask = load_mask(job_request.mask, last_size, limits)
     engine = Engine(registry, Device.choose_all(settings.device, settings.cuda_devices)[0],
                     settings.prompt_extend_max_new_tokens)
     engine.load()
@@ -79,8 +86,13 @@ def run_in_process(request: Request, settings: Settings) -> list[Path]:
 
 def run_on_server(request: Request, server: str, api_key: str, poll_seconds: float = 0.25) -> list[Path]:
     """Submits an async task (the multimodal endpoint with ``X-DashScope-Async: enable``), follows its
-    progress, and downloads its images (PNG, re-encoded when ``request.output`` asks for another format)."""
+    progress, and downloads its images (PNG, re-encoded when ``request.output`` asks for another format).
+
+    With a mask, the request goes to the one endpoint that takes masks, OpenAI's image edits, which answers
+    when done (no progress to follow)."""
     output_format = _format_of(request.output)
+    if request.mask is not None:
+        return _inpaint_on_server(request, request.mask, server, api_key, output_format)
     content = [{"image": _data_uri(path)} for path in request.images] + [{"text": request.prompt}]
     parameters = {"n": request.n, "size": request.size, "seed": request.seed,
                   "negative_prompt": request.negative_prompt, "prompt_extend": request.prompt_extend}
@@ -103,6 +115,27 @@ def run_on_server(request: Request, server: str, api_key: str, poll_seconds: flo
             _raise_for_error(download)
             path.write_bytes(download.content if output_format == "png"
                              else encode_image(Image.open(io.BytesIO(download.content)), output_format))
+    return paths
+
+
+def _inpaint_on_server(request: Request, mask: Path, server: str, api_key: str, output_format: str) -> list[Path]:
+    fields = {"model": request.model, "prompt": request.prompt, "n": str(request.n), "response_format": "b64_json",
+              "output_format": output_format, "size": request.size.replace("*", "x") if request.size else None,
+              "seed": None if request.seed is None else str(request.seed), "negative_prompt": request.negative_prompt}
+    files = [("image", (path.name, path.read_bytes())) for path in request.images]
+    files.append(("mask", (mask.name, mask.read_bytes())))
+    with httpx.Client(base_url=server.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"},
+                      timeout=600) as client:
+        reply = client.post(OPENAI_EDITS, data={name: value for name, value in fields.items() if value is not None},
+                            files=files)
+    if not reply.is_success:
+        error = reply.json().get("error", {}) if reply.headers.get("content-type", "").startswith(
+            "application/json") else {}
+        raise ServiceError(f"HTTP {reply.status_code} {error.get('code')}: {error.get('message') or reply.text[:200]}")
+    images = [base64.b64decode(item["b64_json"]) for item in reply.json()["data"]]
+    paths = request.output_paths(len(images))
+    for path, data in zip(paths, images, strict=True):
+        path.write_bytes(data)
     return paths
 
 

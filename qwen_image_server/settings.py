@@ -63,9 +63,10 @@ class Settings(BaseSettings):
     max_requests_per_connection: int = Field(1000, ge=1)
 
     # Models
-    preset: Literal["demo", "real"] = "demo"
+    preset: Literal["demo", "real", "apache"] = "demo"  # apache: every name on Apache-2.0 weights only
     models_config: Path | None = None
     enabled_models: list[str] | None = None
+    model_aliases: dict[str, str] = Field(default_factory=dict)  # name -> served name (e.g. the 3.0 names)
     demo_models_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cuda_devices: list[int] | None = None  # GPUs that get an engine worker each; default: every visible GPU
@@ -106,8 +107,8 @@ class Settings(BaseSettings):
     fetch_max_redirects: int = Field(3, ge=0)
     max_image_bytes: int = Field(10 * MiB, gt=0)
     max_image_pixels: int = Field(16_800_000, gt=0)
-    min_image_side: int = Field(1, ge=1)
-    max_image_side: int = Field(4096, ge=1)
+    min_image_side: int = Field(384, ge=1)  # the hosted API's range for each side of an input image
+    max_image_side: int = Field(3072, ge=1)
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

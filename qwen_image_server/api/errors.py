@@ -12,16 +12,19 @@ import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from qwen_image_server.api import streaming
 from qwen_image_server.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
+STREAMING_ROUTE = "/api/v1/services/aigc/multimodal-generation/generation"  # the sync endpoint that streams
 _HTTP_CODES = {404: "NotFound", 405: "MethodNotAllowed", 413: "BadRequest.TooLarge"}
 
-OPENAI_PREFIX = "/v1/"
+# OpenAI's images API, also under Alibaba's OpenAI-compatible base path
+OPENAI_PREFIXES = ("/v1/", "/compatible-mode/v1/")
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                  429: "rate_limit_error"}
 _OPENAI_CODES = {"ModelNotFound": "model_not_found"}
@@ -31,7 +34,7 @@ def error_response(request_id: str, status: int, code: str, message: str, header
                    path: str = "", param: str | None = None) -> JSONResponse:
     """The error JSON for a request to ``path``; ``param`` (the parameter at fault) only OpenAI's shape carries."""
     body: dict[str, object]
-    if path.startswith(OPENAI_PREFIX):
+    if path.startswith(OPENAI_PREFIXES):
         body = {"error": {"message": message, "type": openai_error_type(status), "param": param,
                           "code": _OPENAI_CODES.get(code, code)}}
     else:
@@ -50,17 +53,22 @@ def request_id_of(request: Request) -> str:
 
 
 def _answer(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None,
-            param: str | None = None) -> JSONResponse:
+            param: str | None = None) -> Response:
     request.state.error_code = code  # for the request metrics
-    return error_response(request_id_of(request), status, code, message, headers, request.url.path, param)
+    request_id = request_id_of(request)
+    if request.url.path == STREAMING_ROUTE and streaming.wants_events(request):  # errors come as events there
+        payload = {"request_id": request_id, "code": code, "message": message}
+        return Response(streaming.dashscope_event("error", status, payload), media_type=streaming.MEDIA_TYPE,
+                        headers={"x-request-id": request_id, **streaming.HEADERS})
+    return error_response(request_id, status, code, message, headers, request.url.path, param)
 
 
-async def _service_error(request: Request, error: Exception) -> JSONResponse:
+async def _service_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ServiceError)
     return _answer(request, error.status, error.code, error.message, error.headers, error.param)
 
 
-async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+async def _validation_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
     problems = error.errors()
     invalid = next((problem for problem in problems if problem.get("type") == "json_invalid"), None)
@@ -87,7 +95,7 @@ def _describe(problem: dict) -> str:
     return f"{location}: {problem.get('msg', 'invalid')}" if location else str(problem.get("msg"))
 
 
-async def _http_error(request: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     code = _HTTP_CODES.get(error.status_code, "InvalidParameter")
     headers = dict(error.headers or {})
@@ -108,7 +116,7 @@ def allowed_methods(request: Request) -> list[str]:
     return []
 
 
-async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+async def _unexpected_error(request: Request, error: Exception) -> Response:
     log.exception("unhandled error in request %s", request_id_of(request), exc_info=error)
     return _answer(request, 500, "InternalError", "An internal error has occurred, please try again later.")
 

@@ -1,6 +1,9 @@
 """The front door: what every HTTP request passes before the app sees it.
 
 - Every request gets an id, sent back as ``X-Request-Id``.
+- An API path with a trailing slash is the path without it (older SDKs poll ``/api/v1/tasks/{id}/``): it
+  is answered directly, never redirected. A redirect costs a round trip and, behind a TLS proxy whose
+  headers are not trusted, points at ``http://``, where ``requests`` drops the ``Authorization`` header.
 - Every path of the APIs (``KEYED_PREFIXES``) needs an API key, but for the few that carry their own proof
   (``KEYLESS``). The key is checked from the headers alone, before a byte of the body is read, and the
   key's request rate counted, for every request it makes, valid or not: a client without a key costs a
@@ -36,11 +39,21 @@ KEYLESS = frozenset({("POST", "/api/v1/uploads")})
 
 
 def needs_key(method: str, path: str) -> bool:
-    return path.startswith(KEYED_PREFIXES) and (method, path.rstrip("/")) not in KEYLESS
+    return path.startswith(KEYED_PREFIXES) and (method, path) not in KEYLESS
+
+
+def without_trailing_slash(scope: Scope) -> str:
+    """The request's path, with the trailing slashes of an API path removed from the scope."""
+    path: str = scope["path"]
+    if path.startswith(KEYED_PREFIXES) and path.endswith("/"):
+        path = scope["path"] = path.rstrip("/")
+        if scope.get("raw_path"):
+            scope["raw_path"] = scope["raw_path"].rstrip(b"/")
+    return path
 
 
 def takes_body(method: str, path: str) -> bool:
-    return needs_key(method, path) or (method, path.rstrip("/")) in KEYLESS
+    return needs_key(method, path) or (method, path) in KEYLESS
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,7 @@ class FrontDoor:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         send = with_request_id(send, request_id)
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"], without_trailing_slash(scope)
         if not takes_body(method, path):
             await self.app(scope, receive, send)
             return
@@ -111,7 +124,7 @@ class FrontDoor:
 
     async def read_body(self, scope: Scope, receive: Receive, held: list[int]) -> bytes | None:
         """The whole body, or None if the client left; ``held[0]`` counts the budget taken for it."""
-        cap = self.limits.cap_for(scope["path"].rstrip("/"))
+        cap = self.limits.cap_for(scope["path"])
         declared = declared_length(scope)
         if declared is not None and declared > cap:
             raise PayloadTooLarge(f"Payload Too Large: the body limit is {cap} bytes.")

@@ -114,29 +114,16 @@ class GenerationService:
         """Checks the request against the model's rules and the key's quota, then loads and decodes its inputs.
 
         Prompts are bounded here, so the stored task and every tokenizer see the bounded text only."""
-        if request.mask is None:
-            spec.rules.check_image_count(len(request.images))
-        else:
-            check_mask_support(spec, self.registry, len(request.images))
-        n = 1 if request.n is None else request.n
-        spec.rules.check_n(n)
-        seed = check_seed(request.seed)
+        spec, n, seed = checked_request(spec, self.registry, request)
         # Early, before any input is fetched; the size may still follow the inputs (edits: about 1 MP).
         estimated_size = request.size or spec.rules.text_to_image_size or (1024, 1024)
         await self.queue.check_capacity(key_id, task_cost(spec, estimated_size, n))
         inputs = await self.load_inputs(request.images, request.oss_reader, spec.name)
         last_size = inputs[-1][1] if inputs else None
-        width, height = spec.rules.output_size(request.size, last_size, spec.family.output_multiple,
-                                               request.size_separator)
-        job = Job(
-            model=spec.name, prompt=spec.rules.bound_prompt(request.prompt), width=width, height=height, seed=seed,
-            n=n, negative_prompt=(request.negative_prompt or "")[:NEGATIVE_PROMPT_CHARS] or None,
-            prompt_extend=request.prompt_extend, watermark=request.watermark,
-            output_format=request.output_format, output_quality=request.output_quality,
-        )
+        job = job_for(spec, request, n, seed, last_size)
         stored = [data for data, _size in inputs]
         if request.mask is not None:
-            job.mask = await asyncio.to_thread(self.load_mask, request.mask, last_size)
+            job.mask = await asyncio.to_thread(load_mask, request.mask, last_size, self.limits)
             stored.append(encode_image(job.mask))
         return PreparedJob(spec, job, stored)
 
@@ -190,17 +177,43 @@ class GenerationService:
         image = await asyncio.to_thread(decode_image, data, self.limits)
         return data, image.size
 
-    def load_mask(self, data: bytes, image_size: tuple[int, int] | None) -> Image:
-        """The mask in black and white (white: edit), checked against the image it applies to."""
-        mask = decode_mask(data, self.limits)
-        if mask.size != image_size:
-            raise InvalidParameter(f"The mask is {mask.width}x{mask.height} pixels; it must match the image's "
-                                   f"size{f' ({image_size[0]}x{image_size[1]})' if image_size else ''}.",
-                                   param="mask")
-        if mask.getbbox() is None:
-            raise InvalidParameter("The mask marks no pixel to edit: make the area to edit fully transparent.",
-                                   param="mask")
-        return mask
+
+
+def checked_request(spec: ModelSpec, registry: ModelRegistry, request: JobRequest) -> tuple[ModelSpec, int, int]:
+    """The spec that serves the request (chosen by its image count), its ``n`` and its seed, once the model's
+    rules allow the request. Every path into the engine checks a request here: the API and the command line."""
+    spec = spec.serving(len(request.images))
+    if request.mask is None:
+        spec.rules.check_image_count(len(request.images))
+    else:
+        check_mask_support(spec, registry, len(request.images))
+    n = 1 if request.n is None else request.n
+    spec.rules.check_n(n)
+    return spec, n, check_seed(request.seed)
+
+
+def job_for(spec: ModelSpec, request: JobRequest, n: int, seed: int, last_image_size: Size | None) -> Job:
+    """The job of a checked request (its images and mask are added by the caller), with bounded prompts."""
+    width, height = spec.rules.output_size(request.size, last_image_size, spec.family.output_multiple,
+                                           request.size_separator)
+    negative_prompt = (request.negative_prompt or "")[:NEGATIVE_PROMPT_CHARS] if spec.rules.negative_prompt else ""
+    return Job(model=spec.name, prompt=spec.rules.bound_prompt(request.prompt), width=width, height=height,
+               seed=seed, n=n, negative_prompt=negative_prompt or None, prompt_extend=request.prompt_extend,
+               watermark=request.watermark, output_format=request.output_format,
+               output_quality=request.output_quality)
+
+
+def load_mask(data: bytes, image_size: Size | None, limits: ImageLimits) -> Image:
+    """The mask in black and white (white: edit), checked against the image it applies to."""
+    mask = decode_mask(data, limits)
+    if mask.size != image_size:
+        raise InvalidParameter(f"The mask is {mask.width}x{mask.height} pixels; it must match the image's "
+                               f"size{f' ({image_size[0]}x{image_size[1]})' if image_size else ''}.",
+                               param="mask")
+    if mask.getbbox() is None:
+        raise InvalidParameter("The mask marks no pixel to edit: make the area to edit fully transparent.",
+                               param="mask")
+    return mask
 
 
 def task_cost(spec: ModelSpec, size: Size, n: int) -> float:

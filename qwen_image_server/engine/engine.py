@@ -66,22 +66,26 @@ class Engine:
         self._pipelines: dict[str, Any] = {}
         self._inpainters: dict[str, Any] = {}
 
+    def served(self) -> list[ModelSpec]:
+        """Every spec a request can run on: each name's, and its text-to-image variant where it has one."""
+        return [variant for spec in self.registry.specs() for variant in spec.variants()]
+
     @property
     def loaded(self) -> bool:
-        return all(spec.source in self._pipelines for spec in self.registry.specs())
+        return all(spec.source in self._pipelines for spec in self.served())
 
     def load(self) -> None:
-        for spec in self.registry.specs():
+        for spec in self.served():
             if spec.source not in self._pipelines:
                 started = time.perf_counter()
                 self._pipelines[spec.source] = load_pipeline(spec, self.device)
                 log.info("loaded %s (%s) from %s in %.1f s", spec.family.pipeline_class, spec.name,
                          spec.source, time.perf_counter() - started)
 
-    def pipeline(self, model: str) -> Any:
-        pipeline = self._pipelines.get(self.registry.get(model).source)
+    def pipeline(self, spec: ModelSpec) -> Any:
+        pipeline = self._pipelines.get(spec.source)
         if pipeline is None:
-            raise ModelUnavailable(f"Model {model!r} is not loaded (still loading, or it failed to load).")
+            raise ModelUnavailable(f"Model {spec.name!r} is not loaded (still loading, or it failed to load).")
         return pipeline
 
     def inpainter(self, spec: ModelSpec) -> Any:
@@ -90,7 +94,7 @@ class Engine:
         if inpainter is None:
             if spec.family.inpaint_pipeline_class is None:
                 raise InferenceFailed(f"Model {spec.name} cannot inpaint with a mask.")
-            inpainter = getattr(diffusers, spec.family.inpaint_pipeline_class).from_pipe(self.pipeline(spec.name))
+            inpainter = getattr(diffusers, spec.family.inpaint_pipeline_class).from_pipe(self.pipeline(spec))
             inpainter.set_progress_bar_config(disable=True)
             self._inpainters[spec.source] = inpainter
         return inpainter
@@ -102,8 +106,8 @@ class Engine:
         allocator's cache is emptied so the next batch starts clean.
         """
         started = time.perf_counter()
-        spec = self.registry.get(jobs[0].model)
-        pipeline = self.pipeline(jobs[0].model)
+        spec = self.registry.get(jobs[0].model).serving(len(jobs[0].images))
+        pipeline = self.pipeline(spec)
         prompts, actual_prompts = [], []
         for job in jobs:
             prompt = truncate_tokens(pipeline, job.prompt, spec.rules.prompt_token_limit)

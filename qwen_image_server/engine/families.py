@@ -35,7 +35,7 @@ FAMILIES: dict[str, Family] = {
                inpaint_pipeline_class="QwenImageEditInpaintPipeline"),
         Family("qwen-image-edit-plus", "QwenImageEditPlusPipeline", max_images=3, steps=40, true_cfg_scale=4.0),
         # Qwen recommends 40 steps without guidance for 2.1; an operator may raise true_cfg_scale.
-        Family("qwen-image-2.1", "QwenImage21Pipeline", max_images=3, steps=40, true_cfg_scale=1.0,
+        Family("qwen-image-2.1", "QwenImage21Pipeline", max_images=10, steps=40, true_cfg_scale=1.0,
                output_multiple=32, batches_prompts=True),
     )
 }

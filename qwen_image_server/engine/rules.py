@@ -48,6 +48,8 @@ class ModelRules:
     prompt_token_limit: int
     side_range: tuple[int, int] = (512, 2048)
     area_range: tuple[int, int] = (512 * 512, 2048 * 2048)
+    max_aspect: float | None = None  # the longer side over the shorter, where the model bounds it
+    negative_prompt: bool = True  # False: the model takes none, and one given is ignored, as hosted
 
     @property
     def prompt_character_limit(self) -> int:
@@ -107,6 +109,9 @@ class ModelRules:
         if self.size_rule == "area" and not low <= width * height <= high:
             raise InvalidParameter(f"Parameter size: total pixels must be in [{low}, {high}] "
                                    f"(e.g. 512{separator}512 to 2048{separator}2048).", param="size")
+        if self.max_aspect is not None and max(width / height, height / width) > self.max_aspect:
+            raise InvalidParameter(f"Parameter size: the aspect ratio must be within 1:{self.max_aspect:g} to "
+                                   f"{self.max_aspect:g}:1.", param="size")
 
 
 def parse_size(text: str, separator: str = "*") -> Size:

@@ -163,8 +163,8 @@ def _check_dimensions(size: tuple[int, int], limits: ImageLimits) -> None:
     width, height = size
     if not (limits.min_side <= width <= limits.max_side and limits.min_side <= height <= limits.max_side):
         raise InvalidImage(
-            f"Image is {width}x{height} pixels; width and height must each be within "
-            f"[{limits.min_side}, {limits.max_side}]."
+            f"The image resolution is invalid: it is {width}x{height} pixels, and its width and height must "
+            f"each be within [{limits.min_side}, {limits.max_side}]."
         )
     if width * height > limits.max_pixels:
         raise InvalidImage(f"Image has {width * height} pixels; the limit is {limits.max_pixels}.")

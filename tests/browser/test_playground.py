@@ -179,11 +179,11 @@ def test_generate_shows_progress_then_results_and_recent_tasks(page: Page, page_
 def test_edit_with_picked_and_dropped_images_then_keep_editing(page: Page, page_server: RunningServer,
                                                                 tmp_path: Path) -> None:
     picked = tmp_path / "picked.png"
-    picked.write_bytes(png_bytes((320, 256), (30, 120, 200)))
+    picked.write_bytes(png_bytes((480, 384), (30, 120, 200)))
     open_with_key(page, page_server.key)
     page.get_by_label("Model").select_option(EDIT_MODEL)
     page.get_by_label("Choose images").set_input_files(picked)
-    drop_image(page, "dropped.png", png_bytes((256, 256), (220, 200, 40)))
+    drop_image(page, "dropped.png", png_bytes((384, 384), (220, 200, 40)))
     expect(page.get_by_role("img", name=re.compile("^Input"))).to_have_count(2)
     expect(page.locator("#inputs-count")).to_have_text("(2 of 3)")
     page.get_by_label("Instruction").fill("put the yellow square on the blue one")

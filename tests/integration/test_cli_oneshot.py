@@ -77,3 +77,38 @@ def test_server_errors_exit_1_with_the_api_message(server, tmp_path, capsys, mon
     monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
     assert main(["generate", "-p", "x", "-o", str(tmp_path / "x.png"), "--server", server.url]) == 2
     assert "API key" in capsys.readouterr().err
+
+
+def mask_file(path, size, box):
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    mask.save(path)
+    return str(path)
+
+
+def test_in_process_edits_take_a_mask_by_the_apis_rules(in_process, tmp_path, capsys):
+    image = write_png(tmp_path / "in.png", (512, 512))
+    mask = mask_file(tmp_path / "mask.png", (512, 512), (0, 0, 128, 128))
+    out = tmp_path / "inpainted.png"
+    assert main(["edit", image, "--mask", mask, "-p", "a window", "-m", "qwen-image-edit", "-o", str(out),
+                 *in_process]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    with Image.open(out) as result:
+        assert result.size[0] % 16 == 0
+    assert main(["edit", image, "--mask", mask, "-p", "x", "-m", "qwen-image-edit-plus", "-o", str(out),
+                 *in_process]) == 1
+    assert "does not take a mask" in capsys.readouterr().err, "the API's own message"
+    small = mask_file(tmp_path / "small.png", (400, 400), (0, 0, 8, 8))
+    assert main(["edit", image, "--mask", small, "-p", "x", "-m", "qwen-image-edit", "-o", str(out),
+                 *in_process]) == 1
+    assert "must match the image's size" in capsys.readouterr().err
+
+
+def test_a_mask_on_a_server_goes_to_the_edits_endpoint(server, tmp_path, capsys):
+    image = write_png(tmp_path / "in.png", (512, 512))
+    mask = mask_file(tmp_path / "mask.png", (512, 512), (0, 0, 128, 128))
+    out = tmp_path / "remote-inpainted.png"
+    assert main(["edit", image, "--mask", mask, "-p", "a window", "-m", "qwen-image-edit", "-o", str(out),
+                 "--server", server.url, "--api-key", server.key]) == 0
+    with Image.open(capsys.readouterr().out.strip()) as result:
+        assert result.format == "PNG"

@@ -39,7 +39,7 @@ class TransformerCalls:
 
 
 def run_counting(engine, job):
-    calls = TransformerCalls(engine.pipeline(job.model))
+    calls = TransformerCalls(engine.pipeline(engine.registry.get(job.model)))
     try:
         return engine.run_batch([job])[0], calls.count
     finally:
@@ -48,7 +48,7 @@ def run_counting(engine, job):
 
 def test_every_served_model_is_loaded_from_disk(engine):
     assert engine.loaded
-    assert {type(engine.pipeline(name)).__name__ for name in MODELS} == {
+    assert {type(engine.pipeline(engine.registry.get(name))).__name__ for name in MODELS} == {
         "QwenImagePipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline", "QwenImage21Pipeline"}
 
 
@@ -100,7 +100,7 @@ def test_prompt_extend_is_skipped_where_the_model_does_not_support_it(engine):
 def test_long_prompts_are_truncated_to_the_model_token_limit(engine):
     from qwen_image_server.engine.engine import truncate_tokens
 
-    pipeline = engine.pipeline("qwen-image")
+    pipeline = engine.pipeline(engine.registry.get("qwen-image"))
     long = " ".join(["word"] * 5000)
     short = truncate_tokens(pipeline, long, 800)
     assert len(pipeline.tokenizer(short, add_special_tokens=False)["input_ids"]) <= 800 < len(long.split())
@@ -114,6 +114,30 @@ def test_a_mask_runs_the_family_inpainting_pipeline_on_the_loaded_weights(engine
                                               images=[picture((256, 256))], mask=mask))
     inpainter = engine.inpainter(spec)
     assert type(inpainter).__name__ == "QwenImageInpaintPipeline"
-    assert inpainter.transformer is engine.pipeline("qwen-image").transformer
+    assert inpainter.transformer is engine.pipeline(engine.registry.get("qwen-image")).transformer
     assert passes == 2 * spec.steps, "the masked area is regenerated over every step, with true CFG"
     assert [image.size for image in result.images] == [(256, 256)]
+
+
+def test_the_apache_preset_runs_the_20_names_on_apache_weights_by_image_count(demo_models_dir):
+    from qwen_image_server.engine.registry import ModelRegistry, demo_specs
+
+    specs = demo_specs(demo_models_dir, apache=True)
+    routed = Engine(ModelRegistry({name: specs[name] for name in ("qwen-image-2.0", "qwen-image-2.1-pro")}),
+                    Device.choose_all("cpu")[0], prompt_extend_max_new_tokens=8)
+    routed.load()
+    spec = routed.registry.get("qwen-image-2.0")
+    edit_pipeline, t2i_pipeline = (routed.pipeline(spec.serving(count)) for count in (1, 0))
+    assert (type(edit_pipeline).__name__, type(t2i_pipeline).__name__) == (
+        "QwenImageEditPlusPipeline", "QwenImagePipeline")
+    assert routed.registry.get("qwen-image-2.1-pro").rules.max_images == 3, "EditPlus takes at most 3"
+    edit_calls, t2i_calls = TransformerCalls(edit_pipeline), TransformerCalls(t2i_pipeline)
+    try:
+        [edited] = routed.run_batch([Job(model="qwen-image-2.0", prompt="bluer", width=256, height=256, seed=1,
+                                         images=[picture()])])
+        [generated] = routed.run_batch([Job(model="qwen-image-2.0", prompt="a kite", width=256, height=256, seed=1)])
+    finally:
+        edit_calls.close()
+        t2i_calls.close()
+    assert edited.images[0].size == generated.images[0].size == (256, 256)
+    assert edit_calls.count > 0 and t2i_calls.count > 0

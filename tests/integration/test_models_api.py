@@ -68,6 +68,7 @@ def test_capabilities_say_what_each_model_accepts(server):
     entries = {entry["model"]: entry for entry in reply.json()["output"]["models"]}
     assert entries["qwen-image-edit-plus"] == {
         "model": "qwen-image-edit-plus", "provider": "qwen", "opensource": True,
+        "license": "Apache-2.0 (random demo weights built by this server)", "commercial_use": True,
         "capabilities": {"min_images": 1, "max_images": 3, "max_n": 6, "size_rule": "sides", "default_size": None,
                          "prompt_extend": True, "steps": 2}}
     assert entries["qwen-image"]["capabilities"] == {

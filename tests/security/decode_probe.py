@@ -47,7 +47,7 @@ def probe(path: Path, limits: ImageLimits, baseline_kib: int) -> dict[str, objec
 
 def main(paths: list[str]) -> None:
     limits = default_limits()
-    warm_up = Image.new("RGB", (64, 64))
+    warm_up = Image.new("RGB", (384, 384))  # the smallest side the default limits take
     for image_format in ("PNG", "GIF", "TIFF", "JPEG"):  # load the plugins before the baseline is taken
         buffer = io.BytesIO()
         warm_up.save(buffer, format=image_format)

@@ -190,7 +190,7 @@ def test_compressed_bodies_are_never_inflated(tmp_path: Path, upstream: RawServe
 def test_content_type_does_not_decide_the_format(tmp_path: Path, upstream: RawServer) -> None:
     """Policy (security.md): the bytes decide. A PNG served as text/plain decodes; HTML served as an image
     does not (the API test above answers it with InvalidParameter)."""
-    settings = settings_for(tmp_path, upstream)
+    settings = settings_for(tmp_path, upstream, min_image_side=64)  # the upstream's PNG is 64x64
     (png, html), _ = run_batch(settings, [upstream.url("/text-png"), upstream.url("/html")], 1)
     assert png == PNG
     assert decode_image(png, ImageLimits.from_settings(settings)).size == (64, 64)

@@ -83,3 +83,43 @@ def test_enabled_models_limit_what_is_served(tmp_path):
         registry.get("qwen-image")
     with pytest.raises(ValueError, match="unknown models"):
         load_registry("demo", tmp_path, None, ["nope"])
+
+
+def test_the_2026_names_are_served_on_qwen_image_21_with_their_own_rules():
+    registry = load_registry("real", Path("/unused"), None, None)
+    pro, turbo = registry.get("qwen-image-2.1-pro"), registry.get("qwen-image-2.1-turbo")
+    assert pro.source == turbo.source == "Qwen/Qwen-Image-2.1"
+    assert (pro.rules.max_images, pro.rules.max_aspect, pro.rules.negative_prompt) == (10, 8.0, False)
+    assert turbo.rules.negative_prompt and not pro.licence.commercial_use
+
+
+def test_the_closed_30_names_answer_how_to_serve_them_and_follow_their_rules_once_aliased():
+    with pytest.raises(ModelNotFound, match="--alias qwen-image-3.0=qwen-image-2.1-pro"):
+        load_registry("real", Path("/unused"), None, None).get("qwen-image-3.0")
+    registry = load_registry("real", Path("/unused"), None, None, {"qwen-image-3.0": "qwen-image-2.1-pro"})
+    aliased = registry.get("qwen-image-3.0")
+    assert aliased.source == "Qwen/Qwen-Image-2.1" and aliased.rules.max_images == 3
+    with pytest.raises(ValueError, match="not a model here"):
+        load_registry("real", Path("/unused"), None, None, {"qwen-image-3.0": "qwen-image-9"})
+
+
+def test_the_apache_preset_leaves_no_name_on_restricted_weights():
+    registry = load_registry("apache", Path("/unused"), None, None)
+    assert registry.non_commercial() == []
+    two = registry.get("qwen-image-2.0")
+    assert (two.serving(1).source, two.serving(0).source) == ("Qwen/Qwen-Image-Edit-2511", "Qwen/Qwen-Image-2512")
+    assert two.serving(0).rules == two.rules and two.rules.size_rule == "area"
+    assert registry.get("qwen-image-edit-plus").text_to_image is None
+    assert {spec.name for spec in load_registry("real", Path("/unused"), None, None).non_commercial()} >= {
+        "qwen-image-2.0", "qwen-image-2.1-pro"}
+
+
+def test_a_config_can_name_the_licence_of_its_own_weights(tmp_path):
+    config = write(tmp_path, """
+[models."in-house"]
+like = "qwen-image-2.0"
+source = "/models/in-house"
+licence = "Apache-2.0"
+""")
+    spec = load_registry("real", tmp_path, config, None).get("in-house")
+    assert spec.licence.commercial_use and spec.licence.name == "Apache-2.0"

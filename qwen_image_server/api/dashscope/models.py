@@ -24,7 +24,10 @@ def list_models(registry: ModelRegistry, request_id: str, *, page_no: int, page_
 def describe(spec: ModelSpec) -> ModelInfo:
     rules = spec.rules
     size = rules.text_to_image_size
-    return ModelInfo(model=spec.name, capabilities=ModelCapabilities(
+    licences = dict.fromkeys(variant.licence for variant in spec.variants())
+    return ModelInfo(model=spec.name, license="; ".join(licence.name for licence in licences),
+                     commercial_use=all(licence.commercial_use for licence in licences),
+                     capabilities=ModelCapabilities(
         min_images=rules.min_images, max_images=rules.max_images, max_n=rules.n_max, size_rule=rules.size_rule,
         default_size=f"{size[0]}*{size[1]}" if size else None, prompt_extend=rules.prompt_extend,
         steps=spec.steps))

@@ -66,8 +66,15 @@ class Choice(BaseModel):
     message: ResultMessage
 
 
+class TaskMetrics(BaseModel):
+    TOTAL: int
+    SUCCEEDED: int
+    FAILED: int
+
+
 class GenerationOutput(BaseModel):
     choices: list[Choice]
+    task_metric: TaskMetrics  # singular on sync answers, as captured from the hosted service
 
 
 class Usage(BaseModel):
@@ -98,12 +105,6 @@ class TaskResult(BaseModel):
     actual_prompt: str | None = None
     code: str | None = None
     message: str | None = None
-
-
-class TaskMetrics(BaseModel):
-    TOTAL: int
-    SUCCEEDED: int
-    FAILED: int
 
 
 class TaskProgress(BaseModel):
@@ -150,13 +151,29 @@ class TaskSummary(BaseModel):
     end_time: int | None = None
 
 
+class TaskJob(BaseModel):
+    """A listed task as SDK 2.0's ``images.jobs.list`` reads it: its times are strings, as in a task's own
+    answer, where the 1.x rows under ``data`` carry milliseconds."""
+
+    task_id: str
+    task_status: str
+    model_name: str
+    request_id: str
+    submit_time: str | None = None
+    scheduled_time: str | None = None
+    end_time: str | None = None
+
+
 class TaskListResponse(BaseModel):
+    """The hosted list's shape (``data``, read by SDK 1.x), with the same tasks under ``tasks`` for SDK 2.0."""
+
     request_id: str
     total: int
     total_page: int
     page_no: int
     page_size: int
     data: list[TaskSummary]
+    tasks: list[TaskJob]
 
 
 class CancelResponse(BaseModel):
@@ -206,6 +223,8 @@ class ModelInfo(BaseModel):
     model: str
     provider: str = "qwen"
     opensource: bool = True
+    license: str  # our extension: the licence of the weights behind the name (several, when routed)
+    commercial_use: bool
     capabilities: ModelCapabilities
 
 

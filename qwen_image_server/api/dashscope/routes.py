@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response, UploadFile
 
+from qwen_image_server.api import streaming
 from qwen_image_server.api.auth import ApiKey, require_key
 from qwen_image_server.api.bodies import documented_body, json_body
 from qwen_image_server.api.dashscope import models
@@ -63,16 +64,20 @@ def enabled(header: str | None) -> bool:
 
 
 @router.post("/services/aigc/multimodal-generation/generation",
-             response_model=GenerationResponse | TaskCreatedResponse, responses=ERROR_RESPONSES,
+             response_model=GenerationResponse | TaskCreatedResponse,
+             responses={**ERROR_RESPONSES, 200: {"content": streaming.DOCUMENTED}},
              openapi_extra=documented_body(GenerationRequest),
              summary="Edit images or generate from text; as a task with X-DashScope-Async: enable (our extension)")
 async def multimodal_generation(body: GenerationBody, request: Request, key_id: ApiKey, service: Service,
                                 x_dashscope_async: AsyncHeader = None, x_dashscope_ossresourceresolve:
-                                OssResolveHeader = None) -> GenerationResponse | TaskCreatedResponse:
+                                OssResolveHeader = None) -> GenerationResponse | TaskCreatedResponse | Response:
     resolve_oss = enabled(x_dashscope_ossresourceresolve)
     if enabled(x_dashscope_async):
         return await service.submit_generation(body, key_id, request_id_of(request), resolve_oss)
-    return await service.generate(body, key_id, request_id_of(request), resolve_oss, request.is_disconnected)
+    answer = service.generate(body, key_id, request_id_of(request), resolve_oss, request.is_disconnected)
+    if streaming.wants_events(request):
+        return streaming.dashscope_stream(answer, request_id_of(request))
+    return await answer
 
 
 @router.post("/services/aigc/text2image/image-synthesis", response_model=TaskCreatedResponse,

@@ -19,6 +19,7 @@ from qwen_image_server.api.dashscope.protocol import (
     SynthesisRequest,
     TaskCreatedOutput,
     TaskCreatedResponse,
+    TaskMetrics,
     Usage,
 )
 from qwen_image_server.api.submissions import Disconnected, GenerationService, JobRequest, PreparedJob
@@ -72,8 +73,9 @@ class DashScopeService:
         record = await self.generation.run_sync(prepared, key_id, request_id, disconnected)
         urls = self.generation.urls(record)
         return GenerationResponse(
-            output=GenerationOutput(choices=[Choice(message=ResultMessage(
-                content=[{"image": url} for url in urls]))]),
+            output=GenerationOutput(
+                choices=[Choice(message=ResultMessage(content=[{"image": url} for url in urls]))],
+                task_metric=TaskMetrics(TOTAL=prepared.job.n, SUCCEEDED=len(urls), FAILED=prepared.job.n - len(urls))),
             usage=Usage(width=prepared.job.width, height=prepared.job.height, image_count=len(urls)),
             request_id=request_id,
         )

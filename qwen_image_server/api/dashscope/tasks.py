@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from qwen_image_server.api.dashscope.protocol import (
     CancelResponse,
+    TaskJob,
     TaskListResponse,
     TaskMetrics,
     TaskOutput,
@@ -128,4 +129,8 @@ class TaskViews:
                               api_key_id=row.key_id, request_id=row.request_id, region=REGION,
                               gmt_create=int(row.submitted_at * 1000), start_time=milliseconds(row.started_at),
                               end_time=milliseconds(row.finished_at))
-                  for row in page.rows])
+                  for row in page.rows],
+            tasks=[TaskJob(task_id=row.task_id, task_status=row.state, model_name=row.model, request_id=row.request_id,
+                           submit_time=beijing_time(row.submitted_at), scheduled_time=beijing_time(row.started_at),
+                           end_time=beijing_time(row.finished_at))
+                   for row in page.rows])
