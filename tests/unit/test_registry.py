@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def test_the_2026_names_are_served_on_qwen_image_21_with_their_own_rules():
 
 
 def test_the_closed_30_names_answer_how_to_serve_them_and_follow_their_rules_once_aliased():
-    with pytest.raises(ModelNotFound, match="--alias qwen-image-3.0=qwen-image-2.1-pro"):
+    with pytest.raises(ModelNotFound, match=re.escape("--alias qwen-image-3.0=qwen-image-2.1-pro")):
         load_registry("real", Path("/unused"), None, None).get("qwen-image-3.0")
     registry = load_registry("real", Path("/unused"), None, None, {"qwen-image-3.0": "qwen-image-2.1-pro"})
     aliased = registry.get("qwen-image-3.0")
