@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 from dashscope import AioMultiModalConversation, MultiModalConversation
+from dashscope.api_entities.aio_session import close_shared_aio_session
 from httpx_sse import connect_sse
 from PIL import Image
 
@@ -43,9 +44,12 @@ def test_the_sdks_stream_yields_the_final_answer(server):
 
 def test_the_aio_sdks_stream_yields_the_final_answer(server):
     async def stream() -> list:
-        answers = await AioMultiModalConversation.call(api_key=server.key, model=MODEL, messages=[
-            {"role": "user", "content": TEXT}], stream=True, size="512*512", prompt_extend=False)
-        return [answer async for answer in answers]
+        try:
+            answers = await AioMultiModalConversation.call(api_key=server.key, model=MODEL, messages=[
+                {"role": "user", "content": TEXT}], stream=True, size="512*512", prompt_extend=False)
+            return [answer async for answer in answers]
+        finally:  # the SDK pools connections in a session of its own, bound to this event loop
+            await close_shared_aio_session()
 
     [answer] = asyncio.run(stream())
     assert answer.status_code == 200
