@@ -30,7 +30,8 @@ MEDIA_TYPE = "text/event-stream"
 HEARTBEAT_SECONDS = 5.0
 HEARTBEAT = b": waiting\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-DOCUMENTED = {MEDIA_TYPE: {"schema": {"type": "string"},
+# Each event's data is a JSON object: the answer or the error the plain JSON response would carry.
+DOCUMENTED = {MEDIA_TYPE: {"schema": {"type": "object"},
                            "description": "With X-DashScope-SSE: enable or Accept: text/event-stream"}}
 
 
