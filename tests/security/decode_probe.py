@@ -21,7 +21,6 @@ from qwen_image_server.errors import InvalidImage
 from qwen_image_server.media.images import ImageLimits, decode_image
 from qwen_image_server.settings import Settings
 
-
 DECODER_SIDES = (1, 4096)
 
 
