@@ -41,7 +41,7 @@ from qwen_image_server.settings import Settings
 from qwen_image_server.tasks.models import Quota
 from qwen_image_server.tasks.queue import TaskQueue
 from qwen_image_server.tasks.sqlite import SqliteTaskStore
-from qwen_image_server.tasks.worker import Worker, maintain_periodically
+from qwen_image_server.tasks.worker import PlanFor, Worker, maintain_periodically
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def create_app(settings: Settings) -> FastAPI:
         store = SqliteTaskStore(settings.database_path)
         metrics.watch_queue_depth(store.count_pending)
         limits = ImageLimits.from_settings(settings)
-        runners = [EngineRunner(Engine(registry, device, settings.prompt_extend_max_new_tokens))
+        plans = [variant.plan for spec in registry.specs() for variant in spec.variants()]
+        runners = [EngineRunner(Engine(plans, device, settings.prompt_extend_max_new_tokens))
                    for device in Device.choose_all(settings.device, settings.cuda_devices)]
         quota = Quota(settings.max_pending_tasks, settings.max_pending_tasks_per_key, settings.max_cost_per_key,
                       settings.max_result_bytes_per_key)
@@ -79,7 +80,8 @@ def create_app(settings: Settings) -> FastAPI:
         # process's leases still run) never take each other's tasks for their own.
         instance = secrets.token_hex(4)
         workers = [Worker(f"{device_label(runner)}-{index}-{instance}", runner, queue, results, limits, metrics,
-                          settings.task_lease_seconds, settings.max_batch_size, settings.task_max_seconds)
+                          settings.task_lease_seconds, settings.max_batch_size, plan_for(registry),
+                          settings.task_max_seconds, settings.batch_collect_seconds)
                    for index, runner in enumerate(runners)]
         fetcher = ImageFetcher(settings)
         await fetcher.check_guard()
@@ -136,6 +138,10 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.api_docs:
         install_docs(app)
     return app
+
+
+def plan_for(registry: ModelRegistry) -> PlanFor:
+    return lambda model, image_count: registry.get(model).serving(image_count).plan
 
 
 def warn_of_non_commercial_weights(registry: ModelRegistry) -> None:

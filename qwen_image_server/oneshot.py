@@ -51,6 +51,7 @@ class Request:
 
 def run_in_process(request: Request, settings: Settings) -> list[Path]:
     """Loads only the requested model (building the demo models first on the demo preset), runs it, saves."""
+    from qwen_image_server.engine.contract import EngineBatch, EngineJob, Progress
     from qwen_image_server.engine.demo_models import build_demo_models
     from qwen_image_server.engine.engine import Device, Engine
     from qwen_image_server.engine.registry import load_registry
@@ -73,11 +74,18 @@ def run_in_process(request: Request, settings: Settings) -> list[Path]:
     job.images = images
     if job_request.mask is not None:
         job.mask = load_mask(job_request.mask, last_size, limits)
-    engine = Engine(registry, Device.choose_all(settings.device, settings.cuda_devices)[0],
+    engine = Engine([spec.plan], Device.choose_all(settings.device, settings.cuda_devices)[0],
                     settings.prompt_extend_max_new_tokens)
     engine.load()
+    engine_job = EngineJob(prompt=job.prompt, seed=job.seed, n=job.n, negative_prompt=job.negative_prompt,
+                           images=job.images, mask=job.mask, prompt_extend=job.prompt_extend)
     with tqdm(total=spec.steps, unit="step", desc=spec.name) as bar:
-        [result] = engine.run_batch([job], on_step=_advance(bar))
+        advance = _advance(bar)
+        for event in engine.run(EngineBatch(spec.plan, job.width, job.height, [engine_job])):
+            if isinstance(event, Progress):
+                advance(event.step, event.total)
+            else:
+                [result] = event
     paths = request.output_paths(len(result.images))
     for path, image in zip(paths, result.images, strict=True):
         path.write_bytes(encode_image(image, output_format))

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     max_result_bytes_per_key: int = Field(2048 * MiB, gt=0)  # stored results within their 24 h
     task_max_seconds: float = Field(1800.0, gt=0)  # a task still running then fails with RequestTimeOut
     max_batch_size: int = Field(4, ge=1)
+    # An idle worker woken by a submission waits this long before it claims, so a burst forms one batch.
+    batch_collect_seconds: float = Field(0.0, ge=0, le=1.0)
     task_lease_seconds: float = Field(30.0, gt=0)
     task_max_attempts: int = Field(3, ge=1)
     task_poll_seconds: float = Field(1.0, gt=0)

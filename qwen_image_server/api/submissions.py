@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from PIL.Image import Image
 
 from qwen_image_server.api.limits import RateLimiter
+from qwen_image_server.engine.batching import batch_key
 from qwen_image_server.engine.registry import ModelRegistry, ModelSpec
 from qwen_image_server.engine.rules import NEGATIVE_PROMPT_CHARS, Size, check_seed
 from qwen_image_server.errors import InvalidParameter, InvalidURL, ModelUnavailable, ServiceError
@@ -59,18 +60,14 @@ class PreparedJob:
     spec: ModelSpec
     job: Job
     inputs: list[bytes]
+    image_sizes: list[Size]
 
     @property
     def batch_key(self) -> str | None:
-        """Jobs with equal keys can share one pipeline call; None means this job always runs alone.
-
-        Only text-to-image jobs batch: the batching pipelines share one set of input images across a batch.
-        Steps and guidance come from the model, so the model name stands for them; the output format is
-        applied per task after the call, so it does not matter here.
-        """
-        if not self.spec.family.batches_prompts or self.inputs:
-            return None
-        return f"{self.job.model}|{self.job.width}x{self.job.height}|n={self.job.n}"
+        """Jobs with equal keys can share one engine run (the engine's rule, ``engine/batching.py``); None: this
+        job always runs alone. The output format is applied per task after the run, so it does not matter."""
+        return batch_key(self.spec.plan, self.job.n, self.job.width, self.job.height, self.image_sizes,
+                         self.job.mask is not None)
 
 
 def check_mask_support(spec: ModelSpec, registry: ModelRegistry, image_count: int) -> None:
@@ -125,7 +122,7 @@ class GenerationService:
         if request.mask is not None:
             job.mask = await asyncio.to_thread(load_mask, request.mask, last_size, self.limits)
             stored.append(encode_image(job.mask))
-        return PreparedJob(spec, job, stored)
+        return PreparedJob(spec, job, stored, [size for _data, size in inputs])
 
     async def submit(self, prepared: PreparedJob, task_id: str, key_id: str, request_id: str,
                      mode: TaskMode) -> None:
@@ -198,7 +195,8 @@ def job_for(spec: ModelSpec, request: JobRequest, n: int, seed: int, last_image_
                                            request.size_separator)
     negative_prompt = (request.negative_prompt or "")[:NEGATIVE_PROMPT_CHARS] if spec.rules.negative_prompt else ""
     return Job(model=spec.name, prompt=spec.rules.bound_prompt(request.prompt), width=width, height=height,
-               seed=seed, n=n, negative_prompt=negative_prompt or None, prompt_extend=request.prompt_extend,
+               seed=seed, n=n, negative_prompt=negative_prompt or None,
+               prompt_extend=request.prompt_extend and spec.rules.prompt_extend,
                watermark=request.watermark, output_format=request.output_format,
                output_quality=request.output_quality)
 

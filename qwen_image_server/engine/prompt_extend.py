@@ -29,20 +29,22 @@ def chat_text(prompt: str, image_count: int) -> str:
     )
 
 
-def extend_prompt(pipeline: Any, prompt: str, images: list[Image], max_new_tokens: int) -> str:
-    """The rewritten prompt, or the original one if the model produced nothing usable."""
-    text = chat_text(prompt, len(images))
+def extend_prompts(pipeline: Any, prompts: list[str], images: list[list[Image]], max_new_tokens: int) -> list[str]:
+    """The rewritten prompts, in one greedy ``generate`` call over the batch (left-padded, so every row's new
+    tokens follow its own prompt); a row that produced nothing usable keeps its prompt."""
+    texts = [chat_text(prompt, len(seen)) for prompt, seen in zip(prompts, images, strict=True)]
+    flat = [image for seen in images for image in seen]
     processor = getattr(pipeline, "processor", None)
     if processor is not None:
-        inputs = processor(text=[text], images=images or None, return_tensors="pt")
+        inputs = processor(text=texts, images=flat or None, padding=True, padding_side="left", return_tensors="pt")
         decoder = processor.tokenizer
     else:
-        inputs = pipeline.tokenizer([text], return_tensors="pt")
+        inputs = pipeline.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
         decoder = pipeline.tokenizer
     encoder = pipeline.text_encoder
     inputs = inputs.to(encoder.device)
     with torch.inference_mode():
         output = encoder.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new_tokens = output[0, inputs["input_ids"].shape[1]:]
-    rewritten = decoder.decode(new_tokens, skip_special_tokens=True).strip()
-    return rewritten or prompt
+    new_tokens = output[:, inputs["input_ids"].shape[1]:]
+    rewritten = [decoder.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+    return [rewrite or prompt for rewrite, prompt in zip(rewritten, prompts, strict=True)]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from qwen_image_server.engine.contract import Plan
 from qwen_image_server.engine.families import FAMILIES, Family
 from qwen_image_server.engine.rules import ModelRules
 from qwen_image_server.errors import ModelNotFound
@@ -62,6 +63,11 @@ class ModelSpec:
     true_cfg_scale: float
     licence: Licence
     text_to_image: ModelSpec | None = None
+
+    @property
+    def plan(self) -> Plan:
+        """What the engine needs to run this name: its weights and how to sample them."""
+        return Plan(self.source, self.family.name, self.steps, self.true_cfg_scale, self.rules.prompt_token_limit)
 
     def serving(self, image_count: int) -> ModelSpec:
         return self.text_to_image if image_count == 0 and self.text_to_image is not None else self

@@ -67,9 +67,13 @@ class TaskQueue:
     def wake_workers(self) -> None:
         self._work.set()
 
-    async def wait_for_work(self) -> None:
-        with contextlib.suppress(TimeoutError):
+    async def wait_for_work(self) -> bool:
+        """Waits for new work, or ``poll_seconds`` at most; True when woken by a submission."""
+        try:
             await asyncio.wait_for(self._work.wait(), self.poll_seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def clear_work_signal(self) -> None:
         """Called before a claim, so work submitted during the claim wakes the next wait at once."""

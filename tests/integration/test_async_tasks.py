@@ -223,7 +223,7 @@ def test_sync_client_that_disconnects_cancels_its_pending_task_and_keeps_a_runni
 
 def test_compatible_pending_tasks_run_as_one_batched_pipeline_call(server):
     runner = server.app.state.runners[0]
-    transformer = runner.engine.pipeline(runner.engine.registry.get(MODEL)).transformer
+    transformer = runner.engine.pipeline(server.app.state.registry.get(MODEL).plan).transformer
     passes = []
     with server.client() as client:
         blocker = blocking_task(client)

@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+import time_machine
 from dashscope import ImageSynthesis
 
 from qwen_image_server.keys import KeyStore
@@ -68,9 +69,17 @@ def test_a_full_queue_answers_429_at_once_and_recovers(small_queue_server):
             'route="/api/v1/services/aigc/text2image/image-synthesis",status="429"} 2.0') in metrics
 
 
-def test_requests_over_the_per_second_limit_get_rate_quota(limited_server):
+@pytest.fixture(scope="module")
+def clock():
+    """The process's wall clock, moved by the tests instead of slept through (the rate windows read it); one
+    for the module, so it never runs back behind what an earlier test did."""
+    with time_machine.travel(time.time(), tick=True) as traveller:
+        yield traveller
+
+
+def test_requests_over_the_per_second_limit_get_rate_quota(limited_server, clock):
     other_key = KeyStore(limited_server.settings.database_path).create("other")
-    time.sleep(1.1)
+    clock.shift(1.1)
     with limited_server.client() as client:
         empty = synthesis(prompt="")
         answers = [client.post(SYNTHESIS, headers=ASYNC, json=empty) for _ in range(3)]
@@ -78,19 +87,19 @@ def test_requests_over_the_per_second_limit_get_rate_quota(limited_server):
         expect_429(answers[2], "Throttling.RateQuota")
         with httpx.Client(base_url=limited_server.url, headers={"Authorization": f"Bearer {other_key}"}) as other:
             assert other.post(SYNTHESIS, headers=ASYNC, json=empty).status_code == 400, "limits are per key"
-        time.sleep(1.1)
+        clock.shift(1.1)
         assert client.post(SYNTHESIS, headers=ASYNC, json=empty).status_code == 400
 
 
-def test_concurrent_async_tasks_are_limited_per_key_but_sync_requests_are_not(limited_server):
-    time.sleep(1.1)
+def test_concurrent_async_tasks_are_limited_per_key_but_sync_requests_are_not(limited_server, clock):
+    clock.shift(1.1)
     with limited_server.client() as client:
         first = client.post(SYNTHESIS, headers=ASYNC, json=synthesis("first", size="1024*1024"))
         assert first.status_code == 200
         second = client.post(SYNTHESIS, headers=ASYNC, json=synthesis("second"))
         expect_429(second, "Throttling.RateQuota")
         assert "concurrent" in second.json()["message"]
-        time.sleep(1.1)
+        clock.shift(1.1)
         sync = client.post(MULTIMODAL, json={
             "model": MODEL, "input": {"messages": [{"role": "user", "content": [{"text": "sync"}]}]},
             "parameters": {"size": "512*512", "prompt_extend": False}})

@@ -97,7 +97,7 @@ def test_an_unwritable_results_directory_fails_the_task_with_the_cause_and_the_a
 
 def test_out_of_memory_in_the_pipeline_fails_that_task_and_the_next_one_runs(server):
     engine = server.app.state.runners[0].engine
-    transformer = engine.pipeline(engine.registry.get(MODEL)).transformer
+    transformer = engine.pipeline(server.app.state.registry.get(MODEL).plan).transformer
     raised = []
 
     def out_of_memory_on_marked_sizes(_module, args, kwargs):
