@@ -3,8 +3,10 @@ the same job and the same process, runs alternating.
 
 A step's time is the gap between consecutive step ends: our engine's ``Progress`` events, the pipeline's
 ``callback_on_step_end``. The first step of each run is left out (it carries the run's set-up). Under true CFG
-the pipeline makes two transformer calls per step and we make one with both passes in it. Printed: the median
-step time of each side over all runs, and the ratio ours/diffusers (goal: at most 1.02).
+the pipeline makes two transformer calls per step; we make one with both passes in it (``cfg_batch``, the
+default), or two. The negative prompt is either as long as the prompt in tokens, or not: then the joint call
+pads the shorter text and needs an attention mask, which on a CPU moves attention off its fastest kernel.
+Printed: the median step time of each variant over all runs, and each ratio to diffusers (goal: at most 1.02).
 
     python bench/engine_steps.py                 # EditPlus, 512x512 with one 512x512 reference, CFG 4
     python bench/engine_steps.py --quick         # what the test suite runs
@@ -19,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -26,9 +29,9 @@ from PIL import Image
 if __package__ in (None, ""):  # run as ``python bench/engine_steps.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.processes import DEFAULT_DEMO_MODELS
-from qwen_image_server.engine.contract import EngineBatch, EngineJob, Progress
+from qwen_image_server.engine.contract import EngineBatch, EngineJob, Plan, Progress
 from qwen_image_server.engine.demo_models import build_demo_models
-from qwen_image_server.engine.engine import Device, Engine
+from qwen_image_server.engine.engine import STEPS, Device, Engine
 from qwen_image_server.engine.registry import demo_specs
 from qwen_image_server.engine.steps.base import BLANK_NEGATIVE_PROMPT
 
@@ -44,16 +47,21 @@ FULL = Scale(steps=8, runs=5, size=512)
 QUICK = Scale(steps=3, runs=1, size=256)
 
 
+VARIANTS = ("diffusers __call__", "ours, CFG in one call", "ours, two calls")
+NEGATIVES = {"as long as the prompt": "a red fox in the snow", "shorter (padded, masked)": "blurry"}
+
+
 @dataclass
 class Result:
     model: str
     steps: int
-    ours: list[float]
-    theirs: list[float]
+    seconds: dict[tuple[str, str], list[float]]  # (negative prompt, variant) -> per-step seconds
 
-    @property
-    def ratio(self) -> float:
-        return statistics.median(self.ours) / statistics.median(self.theirs)
+    def median(self, negative: str, variant: str) -> float:
+        return statistics.median(self.seconds[negative, variant])
+
+    def ratio(self, negative: str, variant: str) -> float:
+        return self.median(negative, variant) / self.median(negative, VARIANTS[0])
 
 
 def gaps(ends: list[float]) -> list[float]:
@@ -68,40 +76,52 @@ def run(scale: Scale, demo_dir: Path, model: str = "qwen-image-edit-plus") -> Re
     engine.load()
     pipeline = engine.pipeline(plan)
     image = Image.linear_gradient("L").resize((scale.size, scale.size)).convert("RGB")
-    job = EngineJob(prompt="a red fox in the snow", negative_prompt="blurry", seed=1, images=[image])
-    ours: list[float] = []
-    theirs: list[float] = []
+    seconds: dict[tuple[str, str], list[float]] = {(negative, variant): [] for negative in NEGATIVES
+                                                   for variant in VARIANTS}
     for _ in range(scale.runs):
-        ends = [time.perf_counter()]
-        for event in engine.run(EngineBatch(plan, scale.size, scale.size, [job])):
+        for negative, text in NEGATIVES.items():
+            job = EngineJob(prompt="a red fox in the snow", negative_prompt=text, seed=1, images=[image])
+            seconds[negative, VARIANTS[0]] += diffusers_steps(pipeline, plan, job, scale.size)
+            for variant, joined in zip(VARIANTS[1:], (True, False), strict=True):
+                seconds[negative, variant] += our_steps(engine, plan, job, scale.size, joined)
+    return Result(model, plan.steps, seconds)
+
+
+def our_steps(engine: Engine, plan: Plan, job: EngineJob, size: int, cfg_batch: bool) -> list[float]:
+    steps = STEPS[plan.family](engine.pipeline(plan), cfg_batch)
+    ends = [time.perf_counter()]
+    with torch.inference_mode():
+        for event in steps.run(EngineBatch(plan, size, size, [job]), [job.prompt]):
             if isinstance(event, Progress):
                 ends.append(time.perf_counter())
-        ours += gaps(ends)
+    return gaps(ends)
 
-        ends = [time.perf_counter()]
 
-        def step_end(_pipeline, _step, _timestep, _tensors, marks=ends):
-            marks.append(time.perf_counter())
-            return {}
+def diffusers_steps(pipeline: Any, plan: Plan, job: EngineJob, size: int) -> list[float]:
+    ends = [time.perf_counter()]
 
-        with torch.inference_mode():
-            pipeline(prompt=job.prompt, negative_prompt=job.negative_prompt or BLANK_NEGATIVE_PROMPT, image=[image],
-                     width=scale.size, height=scale.size, num_inference_steps=plan.steps,
-                     true_cfg_scale=plan.guidance, generator=torch.Generator("cpu").manual_seed(job.seed),
-                     callback_on_step_end=step_end)
-        theirs += gaps(ends)
-    return Result(model, plan.steps, ours, theirs)
+    def step_end(_pipeline: Any, _step: int, _timestep: Any, _tensors: Any) -> dict[str, Any]:
+        ends.append(time.perf_counter())
+        return {}
+
+    with torch.inference_mode():
+        pipeline(prompt=job.prompt, negative_prompt=job.negative_prompt or BLANK_NEGATIVE_PROMPT, image=job.images,
+                 width=size, height=size, num_inference_steps=plan.steps, true_cfg_scale=plan.guidance,
+                 generator=torch.Generator("cpu").manual_seed(job.seed), callback_on_step_end=step_end)
+    return gaps(ends)
 
 
 def print_table(result: Result) -> None:
-    print(f"{result.model} demo, {result.steps} steps, true CFG; per-step seconds over {len(result.ours)} steps "
-          f"each (first step of each run left out)\n")
-    print("| engine | median s/step | min | max | transformer calls per step |")
-    print("|---|---|---|---|---|")
-    for name, values, calls in (("ours (numbered steps, CFG in one call)", result.ours, 1),
-                                ("diffusers __call__", result.theirs, 2)):
-        print(f"| {name} | {statistics.median(values):.4f} | {min(values):.4f} | {max(values):.4f} | {calls} |")
-    print(f"\nratio ours/diffusers (medians): {result.ratio:.3f}")
+    count = len(next(iter(result.seconds.values())))
+    print(f"{result.model} demo, {result.steps} steps, true CFG; per-step seconds, {count} steps per variant "
+          f"(first step of each run left out), variants alternating in one process\n")
+    print("| negative prompt | engine | median s/step | min | max | transformer calls per step | ratio to diffusers |")
+    print("|---|---|---|---|---|---|---|")
+    for negative in NEGATIVES:
+        for variant, calls in zip(VARIANTS, (2, 1, 2), strict=True):
+            values = result.seconds[negative, variant]
+            print(f"| {negative} | {variant} | {statistics.median(values):.4f} | {min(values):.4f} "
+                  f"| {max(values):.4f} | {calls} | {result.ratio(negative, variant):.3f} |")
 
 
 def main() -> int:

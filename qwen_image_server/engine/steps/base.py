@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift, retrieve_timesteps
+from diffusers.utils.torch_utils import randn_tensor
 from PIL.Image import Image
 
 from qwen_image_server.engine.contract import EngineBatch, EngineJob, Progress
@@ -38,19 +39,22 @@ class Texts:
     extra: torch.Tensor | None = None
 
     def rows(self, index: torch.Tensor) -> Texts:
-        """These texts repeated or reordered: row ``i`` of the result is row ``index[i]``."""
-        return Texts(self.embeds[index], None if self.mask is None else self.mask[index],
-                     None if self.extra is None else self.extra[index])
+        """These texts repeated or reordered (row ``i`` of the result is row ``index[i]``), without the padding
+        none of the chosen rows needs: a set of rows as long as each other carries no mask at all."""
+        mask = None if self.mask is None else self.mask[index]
+        length = self.embeds.shape[1] if mask is None else int(mask.sum(dim=1).max())
+        if mask is not None:
+            mask = None if bool(mask[:, :length].all()) else mask[:, :length]
+        return Texts(self.embeds[index, :length], mask, None if self.extra is None else self.extra[index, :length])
 
 
 @dataclass
 class Conditions:
-    """The batch's starting latents (one row per image to make) and what conditions them."""
+    """One job's condition images, prepared as its family's pipeline prepares them (nothing encoded yet)."""
 
-    latents: torch.Tensor
-    reference_latents: torch.Tensor | None  # packed condition-image latents, row by row; None for text-to-image
-    image_shapes: list[tuple[int, int, int]]  # the transformer's positions: the same for every row of a batch
-    condition_images: list[Image]  # the images the text encoder sees, resized as the pipeline resizes them
+    vae_inputs: list[torch.Tensor]  # each image preprocessed for the VAE, (1, 3, 1, height, width)
+    image_shapes: list[tuple[int, int, int]]  # the transformer's positions, the target's included
+    seen: list[Image]  # what the text encoder sees of each image
 
 
 def padded_together(first: Texts, second: Texts) -> Texts:
@@ -84,15 +88,15 @@ class FamilySteps:
     """The steps of one family. Subclasses supply ``encode``, ``prepare`` and, where it differs, ``predict``."""
 
     rescales_guidance = True  # Qwen-Image 1.x scales the guided prediction back to the conditional's norm
+    channels_per_token = 4  # 1.x packs 2x2 latent patches into a token; 2.1 reads latents unpatched (1)
 
     def __init__(self, pipeline: Any, cfg_batch: bool) -> None:
         self.pipeline = pipeline
         self.cfg_batch = cfg_batch
 
     # --- what families supply ---------------------------------------------------------------------------------
-    def prepare(self, job: EngineJob, width: int, height: int, generators: list[torch.Generator],
-                dtype: torch.dtype) -> Conditions:
-        """Step 1: one job's starting latents (``job.n`` rows) and its condition images' latents."""
+    def conditions(self, job: EngineJob, width: int, height: int) -> Conditions:
+        """Step 1: one job's condition images, resized for the VAE and the text encoder, and the positions."""
         raise NotImplementedError
 
     def encode(self, prompts: list[str], negatives: list[str] | None,
@@ -122,20 +126,21 @@ class FamilySteps:
         device = pipeline._execution_device
         guided = plan.guidance > 1
 
-        # 1. Condition images and starting latents, job by job (one generator per image: seed + i).
+        # 1. Condition images and starting latents: every job's images through the VAE together, position by
+        # position; one generator per image to make (seed + i).
         dtype = pipeline.text_encoder.dtype
-        job_conditions = [self.prepare(job, batch.width, batch.height, generators_for(job, device), dtype)
-                          for job in batch.jobs]
-        latents = torch.cat([conditions.latents for conditions in job_conditions])
-        parts = [conditions.reference_latents for conditions in job_conditions]
-        references = torch.cat([part for part in parts if part is not None]) if parts[0] is not None else None
+        job_conditions = [self.conditions(job, batch.width, batch.height) for job in batch.jobs]
+        latents = torch.cat([self.noise(job, batch.width, batch.height, generators_for(job, device), dtype)
+                             for job in batch.jobs])
+        per_job = self.reference_latents([conditions.vae_inputs for conditions in job_conditions], dtype)
+        references = None if per_job is None else torch.cat(
+            [job_references.repeat(job.n, 1, 1) for job_references, job in zip(per_job, batch.jobs, strict=True)])
         image_shapes = [job_conditions[0].image_shapes] * latents.shape[0]
 
         # 2. Encode the prompts, and under CFG the negative prompts, with each job's condition images; then one
         # row per image to make.
         negatives = [job.negative_prompt or BLANK_NEGATIVE_PROMPT for job in batch.jobs] if guided else None
-        job_texts, job_negatives = self.encode(prompts, negatives,
-                                               [conditions.condition_images for conditions in job_conditions])
+        job_texts, job_negatives = self.encode(prompts, negatives, [conditions.seen for conditions in job_conditions])
         rows = torch.tensor([index for index, job in enumerate(batch.jobs) for _ in range(job.n)], device=device)
         conditional = job_texts.rows(rows)
         unconditional = job_negatives.rows(rows) if job_negatives is not None else None
@@ -149,11 +154,14 @@ class FamilySteps:
         timesteps, _ = retrieve_timesteps(scheduler, plan.steps, device, sigmas=sigmas, mu=mu)
         scheduler.set_begin_index(0)
 
-        # 4. Denoise.
+        # 4. Denoise. Under CFG the two passes share one transformer call where ``joins`` allows it: their texts
+        # are padded to one length once, here.
         state: dict[str, Any] = {}
+        joined = (padded_together(conditional, unconditional)
+                  if unconditional is not None and self.joins(conditional, unconditional) else None)
         for index, t in enumerate(timesteps):
             state["step"] = index
-            prediction = self.predict(latents, references, conditional, unconditional, image_shapes,
+            prediction = self.predict(latents, references, conditional, unconditional, joined, image_shapes,
                                       t, plan.guidance, state)
             latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
             yield Progress(index + 1, len(timesteps))
@@ -166,22 +174,57 @@ class FamilySteps:
             start += job.n
         yield outputs
 
+    @property
+    def channels(self) -> int:
+        return int(self.pipeline.transformer.config.in_channels) // self.channels_per_token
+
+    def noise(self, job: EngineJob, width: int, height: int, generators: list[torch.Generator],
+              dtype: torch.dtype) -> torch.Tensor:
+        """The job's starting latents, packed, one row per image: what the pipelines' ``prepare_latents`` draws."""
+        pipeline = self.pipeline
+        grid_height = 2 * (height // (pipeline.vae_scale_factor * 2))
+        grid_width = 2 * (width // (pipeline.vae_scale_factor * 2))
+        shape = (job.n, 1, self.channels, grid_height, grid_width)
+        drawn = randn_tensor(shape, generator=generators, device=pipeline._execution_device, dtype=dtype)
+        return pipeline._pack_latents(drawn, job.n, self.channels, grid_height, grid_width)
+
+    def reference_latents(self, vae_inputs: list[list[torch.Tensor]], dtype: torch.dtype) -> list[torch.Tensor] | None:
+        """Each job's condition images as packed latents, one row per job. The images at each position go through
+        the VAE in one call (the batch key makes their sizes equal); the pipelines encode them one by one."""
+        if not vae_inputs[0]:
+            return None
+        pipeline = self.pipeline
+        packed: list[list[torch.Tensor]] = [[] for _ in vae_inputs]
+        for position in range(len(vae_inputs[0])):
+            stacked = torch.cat([inputs[position] for inputs in vae_inputs])
+            encoded = pipeline._encode_vae_image(stacked.to(pipeline._execution_device, dtype), None)
+            grid_height, grid_width = encoded.shape[3:]
+            for job_index, row in enumerate(encoded):
+                packed[job_index].append(pipeline._pack_latents(row.unsqueeze(0), 1, self.channels, grid_height,
+                                                                grid_width))
+        return [torch.cat(parts, dim=1) for parts in packed]
+
     def sigmas(self, steps: int) -> Any:
         return np.linspace(1.0, 1 / steps, steps)
 
+    def joins(self, conditional: Texts, unconditional: Texts) -> bool:
+        """Whether the two passes of CFG may share one call (families whose positions follow the text's padded
+        length allow it only for texts as long)."""
+        return self.cfg_batch
+
     def predict(self, latents: torch.Tensor, references: torch.Tensor | None, conditional: Texts,
-                unconditional: Texts | None, image_shapes: list[Any], t: torch.Tensor, guidance: float,
-                state: dict[str, Any]) -> torch.Tensor:
-        """One step's noise prediction; under CFG both passes, as one batch when ``cfg_batch`` is on."""
+                unconditional: Texts | None, joined: Texts | None, image_shapes: list[Any], t: torch.Tensor,
+                guidance: float, state: dict[str, Any]) -> torch.Tensor:
+        """One step's noise prediction; under CFG both passes, in one call when ``joined`` holds both texts."""
         hidden = self.transformer_input(latents, references)
         rows = latents.shape[0]
         timestep = t.expand(rows).to(latents.dtype) / 1000
         if unconditional is None:
             return self.target_of(self.call_transformer(hidden, conditional, image_shapes, timestep, "cond", state),
                                   latents)
-        if self.cfg_batch:
-            both = self.call_transformer(torch.cat([hidden, hidden]), padded_together(conditional, unconditional),
-                                         image_shapes * 2, torch.cat([timestep, timestep]), "cfg", state)
+        if joined is not None:
+            both = self.call_transformer(torch.cat([hidden, hidden]), joined, image_shapes * 2,
+                                         torch.cat([timestep, timestep]), "cfg", state)
             cond, uncond = self.target_of(both, latents).chunk(2)
         else:
             cond = self.target_of(self.call_transformer(hidden, conditional, image_shapes, timestep, "cond", state),

@@ -8,8 +8,6 @@ in order, and encoded in one padded call.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from PIL.Image import Image
 
@@ -24,30 +22,23 @@ PICTURE = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"
 class EditSteps(FamilySteps):
     """Qwen-Image-Edit: one image, resized to about 1 MP for both the text encoder and the VAE."""
 
-    def prepare(self, job: EngineJob, width: int, height: int, generators: list[torch.Generator],
-                dtype: torch.dtype) -> Conditions:
-        pipeline = self.pipeline
+    def conditions(self, job: EngineJob, width: int, height: int) -> Conditions:
+        processor = self.pipeline.image_processor
         image = job.images[0]
         condition_width, condition_height = condition_size(*image.size)
-        resized = pipeline.image_processor.resize(image, condition_height, condition_width)
-        vae_input = pipeline.image_processor.preprocess(resized, condition_height, condition_width).unsqueeze(2)
-        return self._latents(job, width, height, generators, dtype, vae_input,
-                             [(condition_width, condition_height)], [resized])
+        resized = processor.resize(image, condition_height, condition_width)
+        vae_input = processor.preprocess(resized, condition_height, condition_width).unsqueeze(2)
+        return self._conditions(width, height, [vae_input], [(condition_width, condition_height)], [resized])
 
     def text(self, prompt: str, images: list[Image]) -> str:
         return str(self.pipeline.prompt_template_encode.format(prompt))
 
-    def _latents(self, job: EngineJob, width: int, height: int, generators: list[torch.Generator],
-                 dtype: torch.dtype, vae_input: Any, vae_sizes: list[tuple[int, int]],
-                 seen: list[Image]) -> Conditions:
-        pipeline = self.pipeline
-        channels = pipeline.transformer.config.in_channels // 4
-        latents, references = pipeline.prepare_latents(vae_input, job.n, channels, height, width, dtype,
-                                                       pipeline._execution_device, generators)
-        scale = pipeline.vae_scale_factor * 2
+    def _conditions(self, width: int, height: int, vae_inputs: list[torch.Tensor], vae_sizes: list[tuple[int, int]],
+                    seen: list[Image]) -> Conditions:
+        scale = self.pipeline.vae_scale_factor * 2
         shapes = [(1, height // scale, width // scale),
                   *[(1, vae_height // scale, vae_width // scale) for vae_width, vae_height in vae_sizes]]
-        return Conditions(latents, references, shapes, seen)
+        return Conditions(vae_inputs, shapes, seen)
 
     def encode(self, prompts: list[str], negatives: list[str] | None,
                condition_images: list[list[Image]]) -> tuple[Texts, Texts | None]:
@@ -76,8 +67,7 @@ class EditSteps(FamilySteps):
 class EditPlusSteps(EditSteps):
     """Edit-2509/2511: 1-3 images, each seen by the text encoder at 384x384-ish and by the VAE at ~1 MP."""
 
-    def prepare(self, job: EngineJob, width: int, height: int, generators: list[torch.Generator],
-                dtype: torch.dtype) -> Conditions:
+    def conditions(self, job: EngineJob, width: int, height: int) -> Conditions:
         processor = self.pipeline.image_processor
         seen, vae_inputs, vae_sizes = [], [], []
         for image in job.images:
@@ -86,7 +76,7 @@ class EditPlusSteps(EditSteps):
             seen.append(processor.resize(image, vision_height, vision_width))
             vae_inputs.append(processor.preprocess(image, vae_height, vae_width).unsqueeze(2))
             vae_sizes.append((vae_width, vae_height))
-        return self._latents(job, width, height, generators, dtype, vae_inputs, vae_sizes, seen)
+        return self._conditions(width, height, vae_inputs, vae_sizes, seen)
 
     def text(self, prompt: str, images: list[Image]) -> str:
         pictures = "".join(PICTURE.format(index + 1) for index in range(len(images)))

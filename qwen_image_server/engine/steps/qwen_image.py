@@ -12,14 +12,9 @@ MAX_SEQUENCE_LENGTH = 512  # what QwenImagePipeline's __call__ cuts prompt embed
 
 
 class QwenImageSteps(FamilySteps):
-    def prepare(self, job: EngineJob, width: int, height: int, generators: list[torch.Generator],
-                dtype: torch.dtype) -> Conditions:
-        pipeline = self.pipeline
-        channels = pipeline.transformer.config.in_channels // 4
-        latents = pipeline.prepare_latents(job.n, channels, height, width, dtype, pipeline._execution_device,
-                                           generators)
-        scale = pipeline.vae_scale_factor * 2
-        return Conditions(latents, None, [(1, height // scale, width // scale)], [])
+    def conditions(self, job: EngineJob, width: int, height: int) -> Conditions:
+        scale = self.pipeline.vae_scale_factor * 2
+        return Conditions([], [(1, height // scale, width // scale)], [])
 
     def encode(self, prompts: list[str], negatives: list[str] | None,
                condition_images: list[list[Image]]) -> tuple[Texts, Texts | None]:
@@ -30,5 +25,5 @@ class QwenImageSteps(FamilySteps):
         everything = Texts(embeds, mask)
         jobs = torch.arange(len(prompts), device=embeds.device)
         if negatives is None:
-            return everything, None
+            return everything.rows(jobs), None
         return everything.rows(jobs), everything.rows(jobs + len(prompts))

@@ -26,6 +26,7 @@ OUTPUT_RESOLUTION = 1024  # the pipeline's default: condition images at about 1 
 
 class QwenImage21Steps(FamilySteps):
     rescales_guidance = False
+    channels_per_token = 1
 
     def run(self, batch: EngineBatch, prompts: list[str], output_type: str = "pil") -> Iterator[Progress | list[Any]]:
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -57,8 +58,7 @@ class QwenImage21Steps(FamilySteps):
         configured = getattr(self.pipeline.config, "sample_sigmas", None)
         return configured if configured is not None else super().sigmas(steps)
 
-    def prepare(self, job: EngineJob, width: int, height: int, generators: list[torch.Generator],
-                dtype: torch.dtype) -> Conditions:
+    def conditions(self, job: EngineJob, width: int, height: int) -> Conditions:
         pipeline = self.pipeline
         processor = pipeline.image_processor
         seen, vae_inputs, sizes = [], [], []
@@ -68,13 +68,10 @@ class QwenImage21Steps(FamilySteps):
             sizes.append((input_width, input_height))
             seen.append(processor.resize(rgba, width=input_width, height=input_height))
             vae_inputs.append(processor.preprocess(rgba, width=input_width, height=input_height).unsqueeze(2))
-        channels = pipeline.transformer.config.in_channels
-        latents, references = pipeline.prepare_latents(vae_inputs or None, job.n, channels, height, width, dtype,
-                                                       pipeline._execution_device, generators)
         scale = pipeline.vae_scale_factor
         shapes = [*[(1, input_height // scale, input_width // scale) for input_width, input_height in sizes],
                   (1, height // scale, width // scale)]
-        return Conditions(latents, references, shapes, seen)
+        return Conditions(vae_inputs, shapes, seen)
 
     def encode(self, prompts: list[str], negatives: list[str] | None,
                condition_images: list[list[Image]]) -> tuple[Texts, Texts | None]:
@@ -110,17 +107,8 @@ class QwenImage21Steps(FamilySteps):
     def target_of(self, prediction: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return prediction[:, -latents.size(1):]
 
-    def predict(self, latents: torch.Tensor, references: torch.Tensor | None, conditional: Texts,
-                unconditional: Texts | None, image_shapes: list[Any], t: torch.Tensor, guidance: float,
-                state: dict[str, Any]) -> torch.Tensor:
-        if unconditional is not None and conditional.embeds.shape[1] != unconditional.embeds.shape[1]:
-            cfg_batch, self.cfg_batch = self.cfg_batch, False  # different layouts: two passes
-            try:
-                return super().predict(latents, references, conditional, unconditional, image_shapes, t, guidance,
-                                       state)
-            finally:
-                self.cfg_batch = cfg_batch
-        return super().predict(latents, references, conditional, unconditional, image_shapes, t, guidance, state)
+    def joins(self, conditional: Texts, unconditional: Texts) -> bool:
+        return self.cfg_batch and conditional.embeds.shape[1] == unconditional.embeds.shape[1]
 
     def call_transformer(self, hidden: torch.Tensor, texts: Texts, image_shapes: list[Any], timestep: torch.Tensor,
                          context: str, state: dict[str, Any]) -> torch.Tensor:
